@@ -1,0 +1,102 @@
+"""Small pieces every module of the toolkit shares.
+
+* ``UsageError``: bad input found before any heavy work. Entry points turn it into one line on stderr and exit
+  status 2, never a traceback.
+* ``atomic_path`` / ``write_json``: every output file is written under a temporary name in its own directory and
+  renamed into place only when complete, so a crash or Ctrl-C never leaves a file that looks finished.
+* ``available_cores`` / ``num_gpus``: what this machine offers, asked the way the rest of the toolkit needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input: the message names the flag or file, what was wrong, and the fix."""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (what was wrong and where to look), exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Call ``main(argv)`` and turn a ``UsageError`` into one line on stderr and exit status 2."""
+    prog = Path(sys.argv[0]).name or "toolkit"
+    try:
+        return main(argv)
+    except UsageError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+@contextlib.contextmanager
+def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block ends without error.
+
+    On an exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(beside: Path) -> Path:
+    """A new temporary directory next to ``beside`` (same file system, so it can be renamed onto it)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", dir=beside.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def write_json(path: os.PathLike | str, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity-aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def num_gpus() -> int:
+    """Number of GPUs the installed MXNet build can use; 0 for a CPU build or when no driver is present."""
+    import mxnet as mx
+
+    try:
+        return int(mx.context.num_gpus())
+    except Exception:  # a CUDA build on a machine without a driver raises here
+        return 0

@@ -1,0 +1,166 @@
+"""DALI pipelines for the ``dali-gpu`` and ``dali-cpu`` backends; the only module that imports ``nvidia.dali``.
+
+Training: MXNet RecordIO reader (shuffled every epoch, sharded) -> decode fused with the random crop (area
+``--min/max-random-area``, aspect ``--min/max-random-aspect-ratio``; only the crop window is decoded) -> resize to
+the image shape -> random horizontal flip + normalize + layout/dtype (+ the zero 4th channel) in one
+``crop_mirror_normalize``. Validation: decode -> resize the shorter side to ``--data-val-resize`` -> center crop +
+normalize. ``dali-gpu`` decodes with nvJPEG (``mixed``: hardware decoder where the GPU has one) and resizes and
+normalizes on the GPU; ``dali-cpu`` runs every operator on the CPU (``device_id=None``), so it needs no GPU at all.
+
+One pipeline per device. The iterator is DALI's ``DALIClassificationIterator`` over those pipelines, which returns
+one ``DataBatch`` per device; validation pads each shard's last batch with its last sample and marks it in ``pad``
+(``LastBatchPolicy.PARTIAL``), so a validation pass counts every image exactly once.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Sequence
+
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.mxnet import DALIClassificationIterator, LastBatchPolicy
+
+from common import available_cores
+from data import LABEL_NAME, DataConfig, DeviceIter
+
+
+def add_dali_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    g = parser.add_argument_group("DALI", "DALI pipelines (dali-gpu and dali-cpu backends only)")
+    g.add_argument("--dali-threads", type=int, default=None,
+                   help="CPU threads per training pipeline (default: 4 with dali-gpu, the cores available with "
+                        "dali-cpu)")
+    g.add_argument("--dali-validation-threads", type=int, default=None,
+                   help="CPU threads per validation pipeline (default: as --dali-threads)")
+    g.add_argument("--dali-prefetch-queue", type=int, default=2, help="batches prefetched by each pipeline")
+    g.add_argument("--dali-nvjpeg-memory-padding", type=int, default=64,
+                   help="nvJPEG host and device memory padding, MB (dali-gpu)")
+    g.add_argument("--dali-nvjpeg-width-hint", type=int, default=5980,
+                   help="nvJPEG preallocation width hint, px (dali-gpu; the largest ImageNet image)")
+    g.add_argument("--dali-nvjpeg-height-hint", type=int, default=6430,
+                   help="nvJPEG preallocation height hint, px (dali-gpu)")
+    g.add_argument("--dali-hw-decoder-load", type=float, default=0.65,
+                   help="share of images sent to the GPU's hardware JPEG decoder where there is one (dali-gpu)")
+    g.add_argument("--dali-fuse-decoder", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode only the random crop window (ROI decode) instead of the whole image")
+    g.add_argument("--dali-dont-use-mmap", action="store_true", help="read the .rec with plain reads, not mmap")
+    g.add_argument("--dali-separ-val", action="store_true",
+                   help="each worker process validates on the whole val set instead of its shard")
+    return g
+
+
+@dataclass(frozen=True)
+class DaliConfig:
+    gpu: bool
+    threads: int
+    val_threads: int
+    prefetch: int
+    padding_mb: int
+    width_hint: int
+    height_hint: int
+    hw_decoder_load: float
+    fuse_decoder: bool
+    use_mmap: bool
+    separ_val: bool
+
+
+def config_from_args(args: argparse.Namespace, backend: str) -> DaliConfig:
+    from common import UsageError
+
+    gpu = backend == "dali-gpu"
+    threads = args.dali_threads or (4 if gpu else available_cores())
+    for flag, v in (("--dali-threads", threads), ("--dali-prefetch-queue", args.dali_prefetch_queue)):
+        if v < 1:
+            raise UsageError(f"{flag} {v}: must be at least 1")
+    if not 0.0 <= args.dali_hw_decoder_load <= 1.0:
+        raise UsageError(f"--dali-hw-decoder-load {args.dali_hw_decoder_load}: must be between 0 and 1")
+    return DaliConfig(gpu=gpu, threads=threads, val_threads=args.dali_validation_threads or threads,
+                      prefetch=args.dali_prefetch_queue, padding_mb=args.dali_nvjpeg_memory_padding,
+                      width_hint=args.dali_nvjpeg_width_hint, height_hint=args.dali_nvjpeg_height_hint,
+                      hw_decoder_load=args.dali_hw_decoder_load, fuse_decoder=args.dali_fuse_decoder,
+                      use_mmap=not args.dali_dont_use_mmap, separ_val=args.dali_separ_val)
+
+
+def _decoder_args(d: DaliConfig) -> dict:
+    if not d.gpu:
+        return dict(device="cpu")
+    pad = d.padding_mb << 20
+    return dict(device="mixed", device_memory_padding=pad, host_memory_padding=pad,
+                preallocate_width_hint=d.width_hint, preallocate_height_hint=d.height_hint,
+                hw_decoder_load=d.hw_decoder_load)
+
+
+def _normalize(images, cfg: DataConfig, mirror):
+    c, h, w = cfg.image_shape
+    return fn.crop_mirror_normalize(
+        images, dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
+        output_layout="CHW" if cfg.layout == "NCHW" else "HWC", crop=(h, w), mean=list(cfg.mean),
+        std=list(cfg.std), mirror=mirror, pad_output=c == 4)
+
+
+@pipeline_def
+def train_pipeline(cfg: DataConfig, shard_id: int, num_shards: int):
+    d = cfg.dali
+    jpegs, labels = fn.readers.mxnet(path=[str(cfg.train_rec)], index_path=[str(cfg.train_idx)],
+                                     random_shuffle=True, shard_id=shard_id, num_shards=num_shards,
+                                     dont_use_mmap=not d.use_mmap, name="Reader")
+    _, h, w = cfg.image_shape
+    area, aspect = [cfg.min_area, cfg.max_area], [cfg.min_aspect, cfg.max_aspect]
+    if d.fuse_decoder:
+        images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB, random_area=area,
+                                               random_aspect_ratio=aspect, num_attempts=100, **_decoder_args(d))
+        images = fn.resize(images, resize_x=w, resize_y=h)
+    else:
+        images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_args(d))
+        images = fn.random_resized_crop(images, size=(h, w), random_area=area, random_aspect_ratio=aspect,
+                                        num_attempts=100)
+    mirror = fn.random.coin_flip(probability=0.5) if cfg.mirror else 0
+    return _normalize(images, cfg, mirror), labels
+
+
+@pipeline_def
+def val_pipeline(cfg: DataConfig, shard_id: int, num_shards: int):
+    d = cfg.dali
+    jpegs, labels = fn.readers.mxnet(path=[str(cfg.val_rec)], index_path=[str(cfg.val_idx)],
+                                     random_shuffle=False, shard_id=shard_id, num_shards=num_shards,
+                                     pad_last_batch=True, stick_to_shard=True, dont_use_mmap=not d.use_mmap,
+                                     name="Reader")
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_args(d))
+    images = fn.resize(images, resize_shorter=cfg.val_resize)
+    return _normalize(images, cfg, 0), labels
+
+
+class DaliIter(DeviceIter):
+    """DALI's MXNet iterator over one pipeline per device, with the whole-process ``provide_data``."""
+
+    def __init__(self, cfg: DataConfig, contexts: Sequence, train: bool, rank: int, num_workers: int):
+        self._describe(cfg, contexts, cfg.dtype)
+        d = cfg.dali
+        n = len(self.contexts)
+        if not train and d.separ_val:
+            rank, num_workers = 0, 1
+        pipes = []
+        for i, ctx in enumerate(self.contexts):
+            shard = rank * n + i
+            seed = -1 if cfg.seed is None else cfg.seed * 1000 + shard + (0 if train else 500)
+            make = train_pipeline if train else val_pipeline
+            pipes.append(make(cfg, shard, num_workers * n, batch_size=cfg.batch_size // n,
+                              num_threads=d.threads if train else d.val_threads,
+                              device_id=ctx.device_id if d.gpu else None, seed=seed,
+                              prefetch_queue_depth=d.prefetch))
+        for p in pipes:
+            p.build()
+        policy = LastBatchPolicy.FILL if train else LastBatchPolicy.PARTIAL
+        # with reader_name the iterator reads pad_last_batch/shard sizes from the readers themselves
+        self._it = DALIClassificationIterator(pipes, reader_name="Reader", last_batch_policy=policy,
+                                              label_name=LABEL_NAME)
+        self.batches_per_epoch = -(-self._it.size // (cfg.batch_size // n))
+
+    def reset(self):
+        self._it.reset()
+
+    def next(self):
+        return self._it.next()
+
+
+def get_rec_iter(cfg: DataConfig, contexts: Sequence, train: bool, rank: int = 0, num_workers: int = 1) -> DaliIter:
+    return DaliIter(cfg, contexts, train, rank, num_workers)
