@@ -8,8 +8,9 @@ normalize. ``dali-gpu`` decodes with nvJPEG (``mixed``: hardware decoder where t
 normalizes on the GPU; ``dali-cpu`` runs every operator on the CPU (``device_id=None``), so it needs no GPU at all.
 
 One pipeline per device. The iterator is DALI's ``DALIClassificationIterator`` over those pipelines, which returns
-one ``DataBatch`` per device; validation pads each shard's last batch with its last sample and marks it in ``pad``
-(``LastBatchPolicy.PARTIAL``), so a validation pass counts every image exactly once.
+one ``DataBatch`` per device. Each shard's last batch is padded with its last sample, so every training epoch covers
+the whole shard; validation marks that padding in ``pad`` (``LastBatchPolicy.PARTIAL``), so a validation pass counts
+every image exactly once.
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def train_pipeline(cfg: DataConfig, shard_id: int, num_shards: int):
     d = cfg.dali
     jpegs, labels = fn.readers.mxnet(path=[str(cfg.train_rec)], index_path=[str(cfg.train_idx)],
                                      random_shuffle=True, shard_id=shard_id, num_shards=num_shards,
-                                     dont_use_mmap=not d.use_mmap, name="Reader")
+                                     pad_last_batch=True, dont_use_mmap=not d.use_mmap, name="Reader")
     _, h, w = cfg.image_shape
     area, aspect = [cfg.min_area, cfg.max_area], [cfg.min_aspect, cfg.max_aspect]
     if d.fuse_decoder:
@@ -149,6 +150,9 @@ class DaliIter(DeviceIter):
                               prefetch_queue_depth=d.prefetch))
         for p in pipes:
             p.build()
+        # Both readers pad each shard's last batch with its last sample, so every epoch starts at the beginning of
+        # a shard and covers all of it (wrapping into the next epoch instead would skip those images there).
+        # Training uses the padded batch as it is (FILL: pad 0); validation marks the padding (PARTIAL).
         policy = LastBatchPolicy.FILL if train else LastBatchPolicy.PARTIAL
         # with reader_name the iterator reads pad_last_batch/shard sizes from the readers themselves
         self._it = DALIClassificationIterator(pipes, reader_name="Reader", last_batch_policy=policy,

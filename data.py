@@ -295,14 +295,16 @@ class _RecordIterSplit(DeviceIter):
                 path_imgrec=str(cfg.train_rec), path_imgidx=str(cfg.train_idx), shuffle=True, seed=seed,
                 random_resized_crop=True, min_random_area=cfg.min_area, max_random_area=cfg.max_area,
                 min_aspect_ratio=cfg.min_aspect, max_aspect_ratio=cfg.max_aspect, rand_mirror=cfg.mirror,
-                rand_crop=False, round_batch=True, **common)
+                rand_crop=False, round_batch=False, **common)
         else:
             self._it = mx.io.ImageRecordIter(
                 path_imgrec=str(cfg.val_rec), path_imgidx=str(cfg.val_idx), shuffle=False, resize=cfg.val_resize,
                 rand_crop=False, rand_mirror=False, round_batch=False, **common)
-        # MXNet 1.9.1's ImageRecordIter reports pad=0 even with round_batch=False (its last batch wraps around to
-        # the first images), so the padding is counted here. With an .idx, dmlc's indexed splitter gives part r
-        # the records [r*ceil(N/P), (r+1)*ceil(N/P)).
+        # Both iterators use round_batch=False so that each epoch starts afresh and covers the whole part (with
+        # round_batch=True the last batch borrows the next epoch's first images, which that epoch then skips).
+        # MXNet 1.9.1's ImageRecordIter then reports pad=0 and may leave the tail of the last batch unfilled, so
+        # the epoch end and the padding are counted here. With an .idx, dmlc's indexed splitter gives part r the
+        # records [r*ceil(N/P), (r+1)*ceil(N/P)).
         step = math.ceil(records / num_workers)
         self._part_size = max(0, min(records, (rank + 1) * step) - min(records, rank * step))
         self._train = train
@@ -314,12 +316,17 @@ class _RecordIterSplit(DeviceIter):
         self._seen = 0
 
     def next(self):
-        if not self._train and self._seen >= self._part_size:
+        if self._seen >= self._part_size:
             raise StopIteration
         batch = self._it.next()
         self._seen += self._cfg.batch_size
-        pad = 0 if self._train else max(batch.pad or 0, self._seen - self._part_size)
         data, label = batch.data[0], batch.label[0]
+        pad = max(0, self._seen - self._part_size)
+        if pad:  # the tail of the last batch may be uninitialized memory: fill it with this batch's real samples
+            keep = mx.nd.array(np.arange(self._cfg.batch_size) % (self._cfg.batch_size - pad), dtype="int64")
+            data, label = mx.nd.take(data, keep), mx.nd.take(label, keep)
+        if self._train:
+            pad = 0  # training uses the whole (filled) batch, like the DALI backends
         cfg = self._cfg
         if cfg.image_shape[0] == 4:
             data = mx.nd.concat(data, mx.nd.zeros_like(data[:, :1]), dim=1)

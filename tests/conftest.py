@@ -1,0 +1,149 @@
+"""Shared fixtures: small real images (the photographs shipped in scikit-learn's wheel, the digits) made into trees
+and RecordIO files once per session."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+
+
+def has_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    out = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_gpu():
+        return
+    skip = pytest.mark.skip(reason="no GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def run(args, cwd=ROOT, env=None, timeout=600, check=False):
+    """Run a command of the toolkit (argv list), returning the CompletedProcess with text output."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    res = subprocess.run([str(a) for a in args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                         timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{args} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}")
+    return res
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """The two real photographs in scikit-learn's wheel (china, flower), RGB uint8, 427x640."""
+    from sklearn.datasets import load_sample_images
+
+    return load_sample_images().images
+
+
+def _crop(img, i, h=96, w=128):
+    y = (i * 37) % (img.shape[0] - h)
+    x = (i * 53) % (img.shape[1] - w)
+    return np.ascontiguousarray(img[y:y + h, x:x + w])
+
+
+def write_jpeg(path: Path, rgb: np.ndarray, quality=90) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.tobytes())
+    return buf.tobytes()
+
+
+@pytest.fixture(scope="session")
+def mixed_tree(tmp_path_factory, photos):
+    """An ImageNet-style tree with plain RGB JPEGs, a PNG, a CMYK JPEG, a grayscale JPEG, a truncated JPEG and a
+    text file; returns (root, {relpath: source RGB array or None for the broken one})."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("mixed")
+    src = {}
+    for split, n in (("train", 4), ("val", 2)):
+        for c, name in enumerate(("china", "flower")):
+            for i in range(n):
+                rgb = _crop(photos[c], i + (0 if split == "train" else 10))
+                rel = f"{name}/{name}_{i}.JPEG"
+                write_jpeg(root / split / rel, rgb)
+                src[f"{split}/{rel}"] = rgb
+    special = root / "train" / "china"
+    png = _crop(photos[0], 20)
+    Image.fromarray(png).save(special / "as_png.png")
+    src["train/china/as_png.png"] = png
+    cmyk = _crop(photos[0], 21)
+    Image.fromarray(cmyk).convert("CMYK").save(special / "cmyk.jpg", quality=95)
+    src["train/china/cmyk.jpg"] = cmyk
+    gray = _crop(photos[1], 22)
+    Image.fromarray(gray).convert("L").save(root / "train" / "flower" / "gray.jpg", quality=95)
+    src["train/flower/gray.jpg"] = np.asarray(Image.fromarray(gray).convert("L").convert("RGB"))
+    good = write_jpeg(root / "tmp.jpg", _crop(photos[1], 23))
+    (root / "tmp.jpg").unlink()
+    (root / "train" / "flower" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    src["train/flower/truncated.jpg"] = None
+    (root / "train" / "flower" / "notes.txt").write_text("not an image")
+    return root, src
+
+
+@pytest.fixture(scope="session")
+def jpeg_tree(tmp_path_factory, photos):
+    """Plain RGB JPEGs only (so MXNet's im2rec --pass-through and our tool must agree byte for byte)."""
+    root = tmp_path_factory.mktemp("jpegs")
+    for c, name in enumerate(("china", "flower")):
+        for i in range(5):
+            write_jpeg(root / name / f"{name}_{i}.jpg", _crop(photos[c], i))
+    return root
+
+
+@pytest.fixture(scope="session")
+def unique_rec(tmp_path_factory, photos):
+    """A prepared set in which every image is its own class (label == image), 23 train and 21 val images, so a test
+    can tell exactly which images an epoch or a validation pass delivered."""
+    from tools import prepare_dataset
+
+    raw = tmp_path_factory.mktemp("unique_raw")
+    for split, n in (("train", 23), ("val", 21)):
+        for i in range(n):
+            write_jpeg(raw / split / f"c{i:03d}" / "img.jpg", _crop(photos[i % 2], i, 40, 56))
+    out = tmp_path_factory.mktemp("unique")
+    prepare_dataset.prepare(raw / "train", raw / "val", out, num_thread=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def solid_rec(tmp_path_factory):
+    """Two classes of solid-colour images (RGB (200,100,50) and (20,180,240)); their normalized values are known."""
+    from tools import prepare_dataset
+
+    raw = tmp_path_factory.mktemp("solid_raw")
+    colours = [(200, 100, 50), (20, 180, 240)]
+    for split in ("train", "val"):
+        for c, rgb in enumerate(colours):
+            for i in range(3):
+                write_jpeg(raw / split / f"c{c}" / f"{i}.jpg", np.full((48, 64, 3), rgb, np.uint8), quality=100)
+    out = tmp_path_factory.mktemp("solid")
+    prepare_dataset.prepare(raw / "train", raw / "val", out, num_thread=1, progress=False)
+    return out, colours
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """The digits demo set, built by the real tool into a temporary folder."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    run([PY, ROOT / "tools" / "make_demo_data.py", "--out", out, "--size", "32"], check=True)
+    return out
