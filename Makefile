@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench-data: $(STAMP)
-	$(PY) tools/bench_data.py
+	$(PY) tools/bench_data.py $(BENCH_DATA_ARGS)
 
 bench: bench-data
 
