@@ -21,7 +21,7 @@ from typing import Sequence
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.mxnet import DALIClassificationIterator, LastBatchPolicy
 
-from common import available_cores
+from common import UsageError, available_cores
 from data import LABEL_NAME, DataConfig, DeviceIter
 
 
@@ -65,8 +65,6 @@ class DaliConfig:
 
 
 def config_from_args(args: argparse.Namespace, backend: str) -> DaliConfig:
-    from common import UsageError
-
     gpu = backend == "dali-gpu"
     threads = args.dali_threads or (4 if gpu else available_cores())
     for flag, v in (("--dali-threads", threads), ("--dali-prefetch-queue", args.dali_prefetch_queue)):

@@ -246,6 +246,12 @@ class DeviceIter(mx.io.DataIter):
     def __next__(self):
         return self.next()
 
+    def _count_batch(self) -> None:
+        """For iterators with a fixed epoch length: count one batch, StopIteration after ``batches_per_epoch``."""
+        if self._i >= self.batches_per_epoch:
+            raise StopIteration
+        self._i += 1
+
 
 class _SyntheticIter(DeviceIter):
     """One random batch per device, made once, returned ``batches`` times per epoch."""
@@ -266,9 +272,7 @@ class _SyntheticIter(DeviceIter):
         self._i = 0
 
     def next(self):
-        if self._i >= self.batches_per_epoch:
-            raise StopIteration
-        self._i += 1
+        self._count_batch()
         return self._batches
 
 
@@ -360,9 +364,7 @@ class _LimitedIter(DeviceIter):
         self._i = 0
 
     def next(self):
-        if self._i >= self.batches_per_epoch:
-            raise StopIteration
-        self._i += 1
+        self._count_batch()
         try:
             return self._inner.next()
         except StopIteration:
