@@ -168,6 +168,8 @@ def config_from_args(args: argparse.Namespace, batch_size: int, dtype: str = "fl
 
 def _resolve_paths(args, backend):
     root = args.data_root
+    if backend == "synthetic":
+        return None, None, None, None  # nothing is read
     if root is not None and not root.is_dir():
         raise UsageError(f"--data-root {root}: no such directory (make one with tools/prepare_dataset.py, or "
                          "`make demo-data` for the digits)")
@@ -175,8 +177,6 @@ def _resolve_paths(args, backend):
     val = args.data_val or (root / "val.rec" if root else None)
     train_idx = args.data_train_idx or (train.with_suffix(".idx") if train else None)
     val_idx = args.data_val_idx or (val.with_suffix(".idx") if val else None)
-    if backend == "synthetic":
-        return train, train_idx, val, val_idx  # nothing is read
     if train is None:
         raise UsageError(f"--data-backend {backend} reads RecordIO: give --data-root (a folder made by "
                          "tools/prepare_dataset.py) or --data-train, or use --data-backend synthetic")
@@ -379,12 +379,14 @@ def limit_batches(it, batches: int | None):
     return _LimitedIter(it, batches)
 
 
-def get_iters(cfg: DataConfig, contexts: Sequence, rank: int = 0, num_workers: int = 1, want_val: bool = True):
-    """(train iterator, val iterator or None) for this process's ``contexts``; checks the inputs first."""
+def get_iters(cfg: DataConfig, contexts: Sequence, rank: int = 0, num_workers: int = 1, want_val: bool = True,
+              want_train: bool = True):
+    """(train iterator or None, val iterator or None) for this process's ``contexts``; checks the inputs first."""
     check_backend(cfg, contexts)
     if cfg.backend == "synthetic":
         n_train = cfg.num_examples or IMAGENET_TRAIN_IMAGES
-        train = _SyntheticIter(cfg, contexts, max(1, n_train // num_workers // cfg.batch_size), cfg.seed)
+        train = _SyntheticIter(cfg, contexts, max(1, n_train // num_workers // cfg.batch_size), cfg.seed) \
+            if want_train else None
         val = None
         if want_val:
             val = _SyntheticIter(cfg, contexts, max(1, math.ceil(IMAGENET_VAL_IMAGES / num_workers / cfg.batch_size)),
@@ -394,14 +396,15 @@ def get_iters(cfg: DataConfig, contexts: Sequence, rank: int = 0, num_workers: i
     if cfg.backend.startswith("dali"):
         import dali
 
-        train = dali.get_rec_iter(cfg, contexts, train=True, rank=rank, num_workers=num_workers)
+        train = dali.get_rec_iter(cfg, contexts, train=True, rank=rank, num_workers=num_workers) \
+            if want_train else None
         val = dali.get_rec_iter(cfg, contexts, train=False, rank=rank, num_workers=num_workers) \
             if want_val and cfg.val_rec else None
     else:
         cls = _RecordIterSplit
-        train = cls(cfg, contexts, True, rank, num_workers, counts["train"])
+        train = cls(cfg, contexts, True, rank, num_workers, counts["train"]) if want_train else None
         val = cls(cfg, contexts, False, rank, num_workers, counts["val"]) if want_val and cfg.val_rec else None
-    if cfg.num_examples is not None:
+    if cfg.num_examples is not None and train is not None:
         train = limit_batches(train, max(1, math.ceil(cfg.num_examples / num_workers / cfg.batch_size)))
     return train, val
 

@@ -1,0 +1,93 @@
+"""The per-run JSON report (``--report``), written atomically after every epoch and at the end of the run.
+
+It keeps the keys of NVIDIA's first ``report.py`` so that a tool written for NVIDIA's file reads ours, and adds what
+that one lacked under new keys. Every field:
+
+Top level
+    ``model``           str    ``"resnet<depth>"`` (NVIDIA's key); ``"resnet50"`` by default
+    ``ngpus``           int    number of devices of the run (NVIDIA's key; CPU devices count on a machine without GPU)
+    ``total_duration``  float  seconds from the start of training (or scoring) to the last write
+    ``cmd``             list   the command line (``sys.argv``)
+    ``metrics``         dict   per-epoch lists, one entry per epoch (or per scoring pass with ``--only-inference``)
+    ``schema``          str    ``"rn50-report/1"``: the version of this layout
+    ``status``          str    ``running`` | ``completed`` | ``interrupted`` (SIGINT/SIGTERM) | ``diverged`` (NaN/inf)
+    ``device``          dict   ``{"type": "cpu"|"gpu", "count": n, "names": [...]}``
+    ``dtype``           str    compute dtype: ``float32`` | ``float16``
+    ``global_batch_size`` int  images per iteration over all devices and workers
+    ``config``          dict   the resolved flags of the run
+    ``versions``        dict   python, mxnet and (when used) DALI versions
+    ``epochs``          list   the epoch number (0-based) of each entry of the per-epoch lists
+    ``checkpoints``     list   checkpoint prefixes and epochs written, ``{"prefix", "epoch", "partial"}``
+
+Metrics (lists; the first five keys of each split are NVIDIA's)
+    ``train.top1``, ``train.top5``  percent, over the whole epoch (absent with ``--no-metrics``)
+    ``train.loss``                  mean cross-entropy over the epoch (absent with ``--no-metrics``)
+    ``train.time``                  seconds per iteration, data and compute, warmup iterations left out
+    ``train.total_ips``             images per second over all devices and workers: global batch / ``train.time``
+    ``train.data_time``             seconds per iteration spent waiting for the data iterator (same iterations)
+    ``train.iters``                 iterations run in the epoch
+    ``train.warmup_iters``          first iterations of the epoch left out of the timing: min(iters // 10, 100)
+    ``train.lr``                    learning rate of the last iteration of the epoch
+    ``val.top1``, ``val.top5``, ``val.loss``, ``val.time``, ``val.total_ips``, ``val.data_time``, ``val.iters``,
+    ``val.warmup_iters``            the same for the validation pass (``val.total_ips`` counts real images only,
+                                    not the padding of the last batch)
+    ``val.latency_ms_avg``, ``val.latency_ms_p50``, ``_p90``, ``_p95``, ``_p99``, ``_p100``
+                                    per-batch wall time of the validation pass (data + compute), milliseconds,
+                                    warmup iterations left out
+"""
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from common import write_json
+
+SCHEMA = "rn50-report/1"
+TRAIN_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters", "warmup_iters", "lr")
+VAL_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters", "warmup_iters", "latency_ms_avg",
+            "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_p100")
+STATUSES = ("running", "completed", "interrupted", "diverged")
+
+
+class Report:
+    """Collects the run's numbers and writes them to ``path`` (atomically) whenever ``save`` is called."""
+
+    def __init__(self, path: Path | None, *, num_layers: int, device_type: str, device_names: Sequence[str],
+                 dtype: str, global_batch_size: int, config: dict, cmd: Sequence[str] | None = None):
+        self.path = Path(path) if path else None
+        self._t0 = time.perf_counter()
+        versions = {"python": platform.python_version()}
+        for mod in ("mxnet", "nvidia.dali"):
+            if mod in sys.modules:
+                versions[mod.split(".")[-1]] = getattr(sys.modules[mod], "__version__", "?")
+        self.data = {
+            "model": f"resnet{num_layers}", "ngpus": len(device_names), "total_duration": 0.0,
+            "cmd": list(cmd if cmd is not None else sys.argv), "metrics": {},
+            "schema": SCHEMA, "status": "running",
+            "device": {"type": device_type, "count": len(device_names), "names": list(device_names)},
+            "dtype": dtype, "global_batch_size": global_batch_size, "config": config, "versions": versions,
+            "epochs": [], "checkpoints": [],
+        }
+
+    def add_epoch(self, epoch: int, train: dict | None = None, val: dict | None = None) -> None:
+        """Append one epoch's train and/or val numbers (keys as in ``TRAIN_KEYS`` / ``VAL_KEYS``)."""
+        self.data["epochs"].append(epoch)
+        for split, values, keys in (("train", train, TRAIN_KEYS), ("val", val, VAL_KEYS)):
+            for key, value in (values or {}).items():
+                if key not in keys:
+                    raise KeyError(f"{split}.{key} is not a report field")
+                self.data["metrics"].setdefault(f"{split}.{key}", []).append(value)
+
+    def add_checkpoint(self, prefix: str, epoch: int, partial: bool) -> None:
+        self.data["checkpoints"].append({"prefix": prefix, "epoch": epoch, "partial": partial})
+
+    def save(self, status: str | None = None) -> None:
+        if status is not None:
+            assert status in STATUSES, status
+            self.data["status"] = status
+        self.data["total_duration"] = round(time.perf_counter() - self._t0, 3)
+        if self.path is not None:
+            write_json(self.path, self.data)

@@ -1,0 +1,162 @@
+"""Symbolic (``mx.sym``) ResNet: v1.5 by default, v1 on request; depths 18, 34, 50, 101, 152.
+
+ResNet v1.5 is ResNet v1 (He et al., 2015) with the stride of each downsampling bottleneck moved from the first 1x1
+convolution to the 3x3 one, so the 3x3 sees every input pixel (about +0.5% top-1, about 5% slower; NVIDIA's
+description). ResNet-50 v1.5 with 1000 classes has 25,557,032 trainable parameters (convolutions without bias,
+batchnorm gamma/beta, the classifier).
+
+Layouts: the data arrives in ``input_layout``; convolutions, batchnorm and pooling each run in their own layout
+(NCHW or NHWC; NHWC needs cuDNN). A transpose is inserted only where the running layout changes, so NVIDIA's FP16
+recipe (NCHW input, NHWC everything else) gets exactly one. Dtype: float32 or float16; float32 input is cast when the
+network computes in float16, and the classifier output is cast back to float32 before the softmax.
+
+Initialization (He/MSRA): ``Xavier(gaussian, in, 2)`` for convolutions and the classifier, gamma 1 and beta 0 for
+batchnorm, and optionally gamma 0 on the last batchnorm of each residual branch (``--bn-gamma-init0``).
+"""
+from __future__ import annotations
+
+import argparse
+
+import mxnet as mx
+
+DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
+          101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3))}
+LAYOUTS = ("NCHW", "NHWC")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    g = parser.add_argument_group("Model", "the ResNet symbol")
+    g.add_argument("--num-layers", type=int, choices=sorted(DEPTHS), default=50, help="ResNet depth")
+    g.add_argument("--resnet-version", choices=("1.5", "1"), default="1.5",
+                   help="1.5: stride on the 3x3 conv of each downsampling bottleneck; 1: on the first 1x1")
+    g.add_argument("--conv-layout", choices=LAYOUTS, default="NCHW", help="layout of the convolutions")
+    g.add_argument("--batchnorm-layout", choices=LAYOUTS, default="NCHW", help="layout of batchnorm")
+    g.add_argument("--pooling-layout", choices=LAYOUTS, default="NCHW", help="layout of pooling")
+    g.add_argument("--batchnorm-eps", type=float, default=1e-5, help="batchnorm epsilon")
+    g.add_argument("--batchnorm-mom", type=float, default=0.9, help="batchnorm moving-average momentum")
+    g.add_argument("--bn-gamma-init0", action="store_true",
+                   help="start the last batchnorm of every residual branch at gamma 0 (zero-init residual)")
+    g.add_argument("--conv-workspace", type=int, default=256, help="convolution workspace, MB (cuDNN)")
+    return g
+
+
+class _Builder:
+    """Carries the settings and the running layout; inserts a transpose only when the layout changes."""
+
+    def __init__(self, dtype, input_layout, conv_layout, bn_layout, pool_layout, eps, mom, workspace, gamma0):
+        self.dtype = dtype
+        self.layout = input_layout
+        self.conv_layout, self.bn_layout, self.pool_layout = conv_layout, bn_layout, pool_layout
+        self.eps, self.mom, self.workspace, self.gamma0 = eps, mom, workspace, gamma0
+
+    def to(self, x, layout):
+        if layout == self.layout:
+            return x
+        axes = (0, 2, 3, 1) if layout == "NHWC" else (0, 3, 1, 2)
+        self.layout = layout
+        return mx.sym.transpose(x, axes=axes)
+
+    def conv(self, x, channels, kernel, stride, name):
+        x = self.to(x, self.conv_layout)
+        pad = (kernel // 2, kernel // 2)
+        return mx.sym.Convolution(x, num_filter=channels, kernel=(kernel, kernel), stride=(stride, stride), pad=pad,
+                                  no_bias=True, workspace=self.workspace, layout=self.conv_layout, name=name)
+
+    def bn(self, x, name, relu=True, zero_gamma=False):
+        x = self.to(x, self.bn_layout)
+        gamma = mx.sym.Variable(f"{name}_gamma", init=mx.init.Zero()) if zero_gamma and self.gamma0 else None
+        kwargs = {"gamma": gamma} if gamma is not None else {}
+        x = mx.sym.BatchNorm(x, fix_gamma=False, eps=self.eps, momentum=self.mom,
+                             axis=1 if self.bn_layout == "NCHW" else 3, name=name, **kwargs)
+        return mx.sym.Activation(x, act_type="relu", name=f"{name}_relu") if relu else x
+
+    def pool(self, x, kernel, stride, pool_type, name, global_pool=False):
+        x = self.to(x, self.pool_layout)
+        return mx.sym.Pooling(x, kernel=(kernel, kernel), stride=(stride, stride), pad=(kernel // 2, kernel // 2),
+                              pool_type=pool_type, global_pool=global_pool, layout=self.pool_layout, name=name)
+
+
+def _bottleneck(b: _Builder, x, channels, stride, downsample, v15, name):
+    s1, s3 = (1, stride) if v15 else (stride, 1)
+    y = b.bn(b.conv(x, channels // 4, 1, s1, f"{name}_conv1"), f"{name}_bn1")
+    y = b.bn(b.conv(y, channels // 4, 3, s3, f"{name}_conv2"), f"{name}_bn2")
+    y = b.bn(b.conv(y, channels, 1, 1, f"{name}_conv3"), f"{name}_bn3", relu=False, zero_gamma=True)
+    shortcut = b.bn(b.conv(x, channels, 1, stride, f"{name}_sc"), f"{name}_sc_bn", relu=False) if downsample else x
+    return _add_relu(b, y, shortcut, name)
+
+
+def _basic(b: _Builder, x, channels, stride, downsample, v15, name):
+    y = b.bn(b.conv(x, channels, 3, stride, f"{name}_conv1"), f"{name}_bn1")
+    y = b.bn(b.conv(y, channels, 3, 1, f"{name}_conv2"), f"{name}_bn2", relu=False, zero_gamma=True)
+    shortcut = b.bn(b.conv(x, channels, 1, stride, f"{name}_sc"), f"{name}_sc_bn", relu=False) if downsample else x
+    return _add_relu(b, y, shortcut, name)
+
+
+def _add_relu(b: _Builder, y, shortcut, name):
+    # both operands leave a batchnorm (or the previous block's relu, which runs in the batchnorm layout)
+    return mx.sym.Activation(y + shortcut, act_type="relu", name=f"{name}_relu")
+
+
+def get_symbol(num_classes: int = 1000, num_layers: int = 50, image_shape=(3, 224, 224), version: str = "1.5",
+               dtype: str = "float32", input_dtype: str | None = None, input_layout: str = "NCHW",
+               conv_layout: str = "NCHW", batchnorm_layout: str = "NCHW", pooling_layout: str = "NCHW",
+               batchnorm_eps: float = 1e-5, batchnorm_mom: float = 0.9, bn_gamma_init0: bool = False,
+               conv_workspace: int = 256, label_smoothing: float = 0.0) -> mx.sym.Symbol:
+    """The training symbol: ResNet -> ``SoftmaxOutput`` named ``softmax`` (label ``softmax_label``).
+
+    ``input_dtype`` is the dtype of the ``data`` variable (default: ``dtype``); ``image_shape`` is C,H,W and only
+    its channel count matters (any H, W >= 32 works).
+    """
+    if num_layers not in DEPTHS:
+        raise ValueError(f"num_layers {num_layers}: choose one of {sorted(DEPTHS)}")
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype {dtype}: the symbol is built in float32 or float16")
+    block_kind, units = DEPTHS[num_layers]
+    block = _bottleneck if block_kind == "bottleneck" else _basic
+    widths = (256, 512, 1024, 2048) if block_kind == "bottleneck" else (64, 128, 256, 512)
+    b = _Builder(dtype, input_layout, conv_layout, batchnorm_layout, pooling_layout, batchnorm_eps, batchnorm_mom,
+                 conv_workspace, bn_gamma_init0)
+    data = mx.sym.Variable("data", dtype=input_dtype or dtype)
+    x = mx.sym.Cast(data, dtype=dtype) if (input_dtype or dtype) != dtype else data
+    x = b.bn(b.conv(x, 64, 7, 2, "stem_conv"), "stem_bn")
+    x = b.pool(x, 3, 2, "max", "stem_pool")
+    for stage, (n, width) in enumerate(zip(units, widths)):
+        for unit in range(n):
+            stride = 2 if unit == 0 and stage > 0 else 1
+            downsample = unit == 0 and (stage > 0 or block_kind == "bottleneck")
+            x = block(b, x, width, stride, downsample, version == "1.5", f"stage{stage + 1}_unit{unit + 1}")
+    x = b.pool(x, 7, 1, "avg", "global_pool", global_pool=True)
+    x = mx.sym.Flatten(x)
+    x = mx.sym.FullyConnected(x, num_hidden=num_classes, name="fc")
+    if dtype != "float32":
+        x = mx.sym.Cast(x, dtype="float32")
+    return mx.sym.SoftmaxOutput(x, name="softmax", smooth_alpha=label_smoothing)
+
+
+def symbol_from_args(args: argparse.Namespace, num_classes: int, image_shape, dtype: str, input_dtype: str,
+                     input_layout: str, label_smoothing: float = 0.0) -> mx.sym.Symbol:
+    return get_symbol(num_classes=num_classes, num_layers=args.num_layers, image_shape=image_shape,
+                      version=args.resnet_version, dtype=dtype, input_dtype=input_dtype, input_layout=input_layout,
+                      conv_layout=args.conv_layout, batchnorm_layout=args.batchnorm_layout,
+                      pooling_layout=args.pooling_layout, batchnorm_eps=args.batchnorm_eps,
+                      batchnorm_mom=args.batchnorm_mom, bn_gamma_init0=args.bn_gamma_init0,
+                      conv_workspace=args.conv_workspace, label_smoothing=label_smoothing)
+
+
+def initializer() -> mx.init.Initializer:
+    """He (MSRA) normal for weights; MXNet's defaults (gamma 1, beta 0, moving stats 0/1) for the rest."""
+    return mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
+
+
+def count_parameters(sym: mx.sym.Symbol, data_shape) -> int:
+    """Trainable parameters (arguments other than data and label), from shape inference."""
+    arg_shapes, _, _ = sym.infer_shape(data=data_shape)
+    total = 0
+    for name, shape in zip(sym.list_arguments(), arg_shapes):
+        if name in ("data", "softmax_label"):
+            continue
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+    return total

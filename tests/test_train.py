@@ -1,0 +1,258 @@
+"""Training end to end on CPU: the symbol, runner/train.py, checkpoints, report, resume, signals, NaN stop, errors."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import resnet
+from conftest import PY, ROOT, run
+
+RUNNER = ROOT / "runner"
+TINY = ["--image-shape", "3,32,32", "--num-classes", "10", "--disp-batches", "1"]
+SYNTH = ["--data-backend", "synthetic", "--num-examples", "64", *TINY]
+
+
+# ------------------------------------------------------------------------------------------------ the symbol
+
+
+@pytest.mark.parametrize("depth,params", [(18, 11689512), (34, 21797672), (50, 25557032), (101, 44549160),
+                                          (152, 60192808)])
+def test_parameter_counts(depth, params):
+    """ResNet-50 v1.5 with 1000 classes has exactly 25,557,032 trainable parameters (the others as torchvision)."""
+    assert resnet.count_parameters(resnet.get_symbol(num_layers=depth), (1, 3, 224, 224)) == params
+
+
+def conv_strides(sym) -> dict:
+    return {name: eval(attrs["stride"]) for name, attrs in sym.attr_dict().items()
+            if name.endswith(("conv1", "conv2", "conv3", "_sc")) and "stride" in attrs}
+
+
+def test_stride_on_the_3x3_in_v15_and_on_the_1x1_in_v1():
+    v15 = conv_strides(resnet.get_symbol(num_layers=50))
+    v1 = conv_strides(resnet.get_symbol(num_layers=50, version="1"))
+    for stage in (2, 3, 4):
+        u = f"stage{stage}_unit1"
+        assert v15[f"{u}_conv1"] == (1, 1) and v15[f"{u}_conv2"] == (2, 2)
+        assert v1[f"{u}_conv1"] == (2, 2) and v1[f"{u}_conv2"] == (1, 1)
+        assert v15[f"{u}_sc"] == v1[f"{u}_sc"] == (2, 2)
+    assert v15["stage1_unit1_conv2"] == (1, 1)
+    # same parameters, different compute: v1.5's 3x3 runs at the higher resolution
+    assert v15.keys() == v1.keys()
+
+
+def ops(sym, op):
+    return [n for n in json.loads(sym.tojson())["nodes"] if n["op"] == op]
+
+
+def test_one_transpose_where_the_layout_changes():
+    nchw = resnet.get_symbol(num_layers=50)
+    assert ops(nchw, "transpose") == []
+    mixed = resnet.get_symbol(num_layers=50, input_layout="NCHW", conv_layout="NHWC", batchnorm_layout="NHWC",
+                              pooling_layout="NHWC")
+    assert len(ops(mixed, "transpose")) == 1
+    assert all(n["attrs"]["layout"] == "NHWC" for n in ops(mixed, "Convolution"))
+    assert all(n["attrs"]["axis"] == "3" for n in ops(mixed, "BatchNorm"))
+
+
+def test_float16_symbol_casts_in_and_out():
+    sym = resnet.get_symbol(num_layers=50, dtype="float16", input_dtype="float32")
+    casts = ops(sym, "Cast")
+    assert [c["attrs"]["dtype"] for c in casts] == ["float16", "float32"]  # input to fp16, logits back to fp32
+    arg_types, out_types, _ = sym.infer_type(data="float32")
+    types = dict(zip(sym.list_arguments(), arg_types))
+    assert types["stem_conv_weight"] == np.float16 and out_types == [np.float32]
+    assert len(ops(resnet.get_symbol(dtype="float16", input_dtype="float16"), "Cast")) == 1  # data already fp16
+
+
+def test_small_inputs_work():
+    sym = resnet.get_symbol(num_layers=50, num_classes=10)
+    assert sym.infer_shape(data=(2, 3, 32, 32))[1] == [(2, 10)]
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def test_two_iterations_write_checkpoint_and_report(demo_root, tmp_path):
+    prefix, rep = tmp_path / "m", tmp_path / "report.json"
+    res = run([RUNNER, "-n", "1", "-b", "32", "-e", "1", "--data-root", demo_root, "--model-prefix", prefix,
+               "--report", rep, "--benchmark-iters", "2", "--seed", "1", *TINY], check=True)
+    assert (tmp_path / "m-symbol.json").is_file() and (tmp_path / "m-0001.params").is_file()
+    r = json.loads(rep.read_text())
+    assert (r["model"], r["ngpus"], r["status"], r["schema"], r["dtype"]) == \
+        ("resnet50", 1, "completed", "rn50-report/1", "float32")
+    assert isinstance(r["total_duration"], float) and r["total_duration"] > 0
+    assert isinstance(r["cmd"], list) and r["cmd"][0].endswith("train.py")
+    assert r["global_batch_size"] == 32 and r["device"] == {"type": "cpu", "count": 1, "names": ["cpu(0)"]}
+    assert r["config"]["lr"] == pytest.approx(0.1 * 32 / 256) and r["epochs"] == [0]
+    m = r["metrics"]
+    for split in ("train", "val"):
+        for key in ("top1", "top5", "loss", "time", "total_ips"):
+            values = m[f"{split}.{key}"]
+            assert isinstance(values, list) and len(values) == 1 and isinstance(values[0], float)
+    assert m["train.iters"] == [2] and m["val.iters"] == [12] and m["train.warmup_iters"] == [0]  # val: 360 / 32
+    assert 0 <= m["train.top1"][0] <= m["train.top5"][0] <= 100
+    assert m["train.total_ips"][0] == pytest.approx(32 / m["train.time"][0])
+    assert "Epoch[0] Batch[2/2]" in res.stderr and "img/s" in res.stderr
+
+
+def _train_until_signal(args, stop_after: str, sig=signal.SIGTERM, timeout=240):
+    """Start runner with args, send ``sig`` once stderr shows ``stop_after``; return (exit status, stderr)."""
+    p = subprocess.Popen([str(a) for a in [RUNNER, *args]], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                         stdout=subprocess.DEVNULL)
+    lines, deadline = [], time.monotonic() + timeout
+    try:
+        for line in p.stderr:
+            lines.append(line)
+            if stop_after in line:
+                p.send_signal(sig)
+                break
+            assert time.monotonic() < deadline, "no progress line in time"
+        _, rest = p.communicate(timeout=timeout)
+        lines.append(rest)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return p.returncode, "".join(lines)
+
+
+def params_of(path):
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path):
+    common = ["-n", "1", "-b", "8", "-e", "2", "--seed", "7", "--no-val", "--warmup-epochs", "1", *SYNTH]
+    run([RUNNER, *common, "--model-prefix", tmp_path / "full"], check=True)
+    code, err = _train_until_signal([*common, "--model-prefix", tmp_path / "cut", "--report", tmp_path / "r.json"],
+                                    "Epoch[1] Batch[3/8]")
+    assert code == 128 + signal.SIGTERM
+    assert "SIGTERM: stopped in epoch 1 after" in err and "--load-epoch 2" in err
+    meta = json.loads((tmp_path / "cut-0002.json").read_text())
+    assert meta["partial"] and 3 <= meta["batch"] < 8
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "interrupted"
+    run([RUNNER, *common, "--model-prefix", tmp_path / "cut", "--load-epoch", "2"], check=True)
+    assert not json.loads((tmp_path / "cut-0002.json").read_text())["partial"]
+    full, resumed = params_of(tmp_path / "full-0002.params"), params_of(tmp_path / "cut-0002.params")
+    assert full.keys() == resumed.keys()
+    for k in full:
+        np.testing.assert_array_equal(full[k], resumed[k], err_msg=k)
+
+
+def test_sigint_stops_at_an_iteration_boundary_without_checkpoint_prefix(tmp_path):
+    code, err = _train_until_signal(["-n", "1", "-b", "8", "-e", "3", "--no-val", "--report", tmp_path / "r.json",
+                                     *SYNTH], "Epoch[0] Batch[2/8]", sig=signal.SIGINT)
+    assert code == 128 + signal.SIGINT and "SIGINT: stopped in epoch 0" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "interrupted"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    base = ["-n", "1", "-b", "8", "--seed", "3", "--no-val", "--warmup-epochs", "0", "--model-prefix",
+            tmp_path / "m", *SYNTH]
+    run([RUNNER, *base, "-e", "1"], check=True)
+    good = (tmp_path / "m-0001.params").read_bytes()
+    res = run([RUNNER, *base, "-e", "3", "--load-epoch", "1", "-l", "1e12", "--report", tmp_path / "r.json"])
+    assert res.returncode == 3
+    assert "the loss became NaN or infinite in epoch 1" in res.stderr and f"{tmp_path / 'm'}-0001" in res.stderr
+    assert (tmp_path / "m-0001.params").read_bytes() == good
+    assert not (tmp_path / "m-0002.params").exists()
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "diverged"
+
+
+def test_checkpoint_loads_with_plain_mxnet(demo_root, tmp_path):
+    """mx.model.load_checkpoint into a Module reproduces the reported val top-1; SymbolBlock.imports loads it."""
+    import data
+    import dali
+
+    prefix, rep = tmp_path / "m", tmp_path / "r.json"
+    run([RUNNER, "-n", "1", "-b", "32", "-e", "1", "--data-root", demo_root, "--model-prefix", prefix,
+         "--report", rep, "--benchmark-iters", "6", "--seed", "2", *TINY], check=True)
+    reported = json.loads(rep.read_text())["metrics"]["val.top1"][-1]
+
+    sym, arg, aux = mx.model.load_checkpoint(str(prefix), 1)
+    p = data.Parser()
+    data.add_data_args(p)
+    dali.add_dali_args(p)
+    cfg = data.config_from_args(p.parse_args(["--data-root", str(demo_root), *TINY[:4]]), batch_size=32)
+    _, val = data.get_iters(cfg, [mx.cpu()], want_train=False)
+    mod = mx.mod.Module(sym, context=mx.cpu())
+    mod.bind(data_shapes=val.provide_data, label_shapes=val.provide_label, for_training=False)
+    mod.set_params(arg, aux)
+    correct = total = 0
+    first = None
+    for batches in val:
+        mod.forward(batches, is_train=False)
+        out = mod.get_outputs()[0].asnumpy()
+        b = batches[0]
+        real = out.shape[0] - b.pad
+        correct += int((out[:real].argmax(1) == b.label[0].asnumpy()[:real]).sum())
+        total += real
+        if first is None:
+            first = (b.data[0].copy(), b.label[0].copy(), out)
+    assert total == 360 and 100.0 * correct / total == pytest.approx(reported, abs=1e-9)
+
+    net = mx.gluon.SymbolBlock.imports(f"{prefix}-symbol.json", ["data", "softmax_label"], f"{prefix}-0001.params")
+    out = net(first[0], first[1]).asnumpy()
+    np.testing.assert_allclose(out, first[2], rtol=1e-4, atol=1e-6)
+
+
+def test_only_inference_scores_a_checkpoint(demo_root, tmp_path):
+    prefix = tmp_path / "m"
+    run([RUNNER, "-n", "1", "-b", "32", "-e", "1", "--data-root", demo_root, "--model-prefix", prefix,
+         "--benchmark-iters", "2", "--no-val", *TINY], check=True)
+    res = run([RUNNER, "-n", "1", "-b", "32", "-e", "2", "--data-root", demo_root, "--model-prefix", prefix,
+               "--load-epoch", "1", "--only-inference", "--report", tmp_path / "s.json", *TINY], check=True)
+    m = json.loads((tmp_path / "s.json").read_text())["metrics"]
+    assert len(m["val.top1"]) == 2 and m["val.top1"][0] == m["val.top1"][1] and m["val.iters"] == [12, 12]
+    for q in ("avg", "p50", "p90", "p95", "p99", "p100"):
+        assert m[f"val.latency_ms_{q}"][0] > 0
+    assert m["val.latency_ms_p50"][0] <= m["val.latency_ms_p99"][0] <= m["val.latency_ms_p100"][0]
+    assert "Score[1]: top-1" in res.stderr
+
+
+def test_two_cpu_devices_train(tmp_path):
+    res = run([RUNNER, "-n", "2", "-b", "4", "-e", "1", "--no-val", "--report", tmp_path / "r.json", *SYNTH],
+              check=True)
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["ngpus"] == 2 and r["global_batch_size"] == 8 and r["device"]["names"] == ["cpu(0)", "cpu(1)"]
+    assert "on cpu(0),cpu(1)" in res.stderr
+
+
+def test_runner_scales_batch_and_lr_and_sets_threads():
+    res = run([RUNNER, "-n", "2", "-b", "16", "-l", "0.1", "--dry-run", "--data-root", "x", "--seed", "1"],
+              check=True)
+    env, cmd = res.stdout.splitlines()
+    assert "OMP_NUM_THREADS=" in env
+    assert "--batch-size 32 " in cmd and "--lr 0.0125 " in cmd and "--cpu-devices 2" in cmd
+    assert cmd.endswith("--seed 1")  # unknown flags go through to train.py, last
+
+
+def test_train_help_lists_every_group_with_defaults():
+    out = run([PY, ROOT / "train.py", "-h"], check=True).stdout
+    for group in ("Training:", "Model:", "Data:", "Augmentation:", "DALI:"):
+        assert group in out
+    assert "(default: 90)" in out and "--lr-step-epochs" in out and "--dali-threads" in out
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--dtype", "float16"], "--dtype float16 needs a GPU"),
+    (["-n", "64"], "-n 64: no GPU here, and -n counts CPU devices, at most one per core"),
+    (["-b", "0"], "-b 0: the batch per device must be at least 1"),
+    (["--model-prefix", "{tmp}/none", "--load-epoch", "3"], "--load-epoch 3: {tmp}/none-0003.params not found"),
+])
+def test_runner_usage_errors(args, expect, tmp_path):
+    res = run([RUNNER, "-e", "1", *SYNTH, *[a.format(tmp=tmp_path) for a in args]])
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and expect.format(tmp=tmp_path) in lines[0] and "Traceback" not in res.stderr
+
+
+def test_global_batch_smaller_than_devices_is_a_usage_error():
+    res = run([PY, ROOT / "train.py", "--cpu-devices", "2", "--batch-size", "1", *SYNTH])
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("train.py: error: --batch-size 1: the global batch must be a multiple of the 2 "
+                                  "devices (at least one image per device)")

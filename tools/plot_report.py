@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Plot a training report (``--report`` JSON, see report.py) as PNG curves: loss, top-1/top-5, throughput per epoch.
+
+    python tools/plot_report.py runs/demo/report.json -o runs/demo/curves.png
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from common import Parser, UsageError, atomic_path, run_main  # noqa: E402
+
+
+def plot(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = report.get("metrics", {})
+    epochs = report.get("epochs") or list(range(max((len(v) for v in m.values()), default=0)))
+    if not epochs:
+        raise UsageError("the report has no epochs to plot yet")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [
+        (axes[0], "loss (cross-entropy)", [("train.loss", "train"), ("val.loss", "val")]),
+        (axes[1], "accuracy (%)", [("train.top1", "train top-1"), ("val.top1", "val top-1"),
+                                   ("train.top5", "train top-5"), ("val.top5", "val top-5")]),
+        (axes[2], "images per second", [("train.total_ips", "train"), ("val.total_ips", "val")]),
+    ]
+    for ax, title, series in panels:
+        for key, label in series:
+            values = m.get(key)
+            if values:
+                xs = epochs[-len(values):] if len(values) <= len(epochs) else range(len(values))
+                ax.plot([e + 1 for e in xs], values, marker="o", markersize=3, label=label,
+                        linestyle="--" if "top5" in key else "-")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    if m.get("train.loss"):
+        axes[0].set_yscale("log")
+    device = report.get("device", {})
+    fig.suptitle(f"{report.get('model', '?')} {report.get('dtype', '')}, {device.get('count', '?')} "
+                 f"{device.get('type', '')} device(s), global batch {report.get('global_batch_size', '?')} "
+                 f"({report.get('status', '?')})")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="plot_report.py", description="Plot a training report as PNG curves.")
+    p.add_argument("report", type=Path, help="report JSON written by train.py --report")
+    p.add_argument("-o", "--output", type=Path, default=None, help="PNG path (default: the report's, .png)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = json.loads(args.report.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{args.report}: no such report (train.py --report writes one)") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{args.report}: not a JSON report ({err})") from None
+    out = args.output or args.report.with_suffix(".png")
+    plot(report, out)
+    print(f"curves: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
