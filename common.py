@@ -24,6 +24,22 @@ class UsageError(Exception):
     """Bad input: the message names the flag or file, what was wrong, and the fix."""
 
 
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: "1,2,4" -> (1, 2, 4)."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """argparse type: "30,60,80" -> (30.0, 60.0, 80.0); "" -> ()."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
 class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line (what was wrong and where to look), exit status 2."""
 

@@ -18,6 +18,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Sequence
 
+import mxnet as mx
+import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.mxnet import DALIClassificationIterator, LastBatchPolicy
 
@@ -148,12 +150,12 @@ class DaliIter(DeviceIter):
                               prefetch_queue_depth=d.prefetch))
         for p in pipes:
             p.build()
-        # Both readers pad each shard's last batch with its last sample, so every epoch starts at the beginning of
-        # a shard and covers all of it (wrapping into the next epoch instead would skip those images there).
-        # Training uses the padded batch as it is (FILL: pad 0); validation marks the padding (PARTIAL).
-        policy = LastBatchPolicy.FILL if train else LastBatchPolicy.PARTIAL
-        # with reader_name the iterator reads pad_last_batch/shard sizes from the readers themselves
-        self._it = DALIClassificationIterator(pipes, reader_name="Reader", last_batch_policy=policy,
+        # Both readers pad each shard's last batch (with its last sample), so every epoch starts at the beginning
+        # of a shard and covers all of it (wrapping into the next epoch instead would skip those images there).
+        # The iterator marks that padding in `pad` (PARTIAL; with reader_name it reads the shard sizes from the
+        # readers). Validation keeps the mark; training replaces the padding by the batch's own real samples.
+        self._train = train
+        self._it = DALIClassificationIterator(pipes, reader_name="Reader", last_batch_policy=LastBatchPolicy.PARTIAL,
                                               label_name=LABEL_NAME)
         self.batches_per_epoch = -(-self._it.size // (cfg.batch_size // n))
 
@@ -161,7 +163,24 @@ class DaliIter(DeviceIter):
         self._it.reset()
 
     def next(self):
-        return self._it.next()
+        batches = self._it.next()
+        if self._train:
+            for b in batches:
+                if b.pad:
+                    fill_padding(b)
+        return batches
+
+
+def fill_padding(batch) -> None:
+    """Replace the ``pad`` trailing samples of a training batch by its real samples, cycled, and clear ``pad``
+    (a batch that is all padding keeps its copies of the shard's last image)."""
+    n = batch.data[0].shape[0]
+    real = n - batch.pad
+    if real > 0:
+        keep = mx.nd.array(np.arange(n) % real, ctx=batch.data[0].context, dtype="int64")
+        batch.data = [mx.nd.take(batch.data[0], keep)]
+        batch.label = [mx.nd.take(batch.label[0], keep.as_in_context(batch.label[0].context))]
+    batch.pad = 0
 
 
 def get_rec_iter(cfg: DataConfig, contexts: Sequence, train: bool, rank: int = 0, num_workers: int = 1) -> DaliIter:

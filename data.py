@@ -30,7 +30,7 @@ import numpy as np
 import sys
 import time
 
-from common import Parser, UsageError, available_cores, num_gpus, run_main
+from common import Parser, UsageError, available_cores, float_list, int_list, num_gpus, run_main
 
 BACKENDS = ("dali-gpu", "dali-cpu", "mxnet", "synthetic")
 LAYOUTS = ("NCHW", "NHWC")
@@ -40,20 +40,6 @@ RGB_STD = (58.395, 57.12, 57.375)
 IMAGENET_TRAIN_IMAGES = 1281167
 IMAGENET_VAL_IMAGES = 50000
 LABEL_NAME = "softmax_label"
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:

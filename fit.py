@@ -7,8 +7,8 @@ later version's cosine schedule and label smoothing are options. The loop is wri
 that it can:
 
 * time every iteration honestly: wall time from asking for the batch to the end of the update, with
-  ``mx.nd.waitall()`` as the synchronization point, the first ``min(iters // 10, 100)`` iterations of each epoch left
-  out (their number is reported), timers started afresh every epoch;
+  ``mx.nd.waitall()`` as the synchronization point, the first iterations of each epoch left out (``warmup_iters``;
+  their number is reported), timers started afresh every epoch;
 * stop cleanly on SIGINT/SIGTERM at the next iteration boundary, write a checkpoint of the partial epoch and the
   report, and exit 128+signal saying how to resume; ``--load-epoch`` resumes it at the same iteration with the same
   optimizer state and LR step, so the weights equal those of an uninterrupted run (given the same data order);
@@ -34,19 +34,12 @@ from typing import Sequence
 import mxnet as mx
 import numpy as np
 
-from common import UsageError, atomic_path, write_json
+from common import UsageError, atomic_path, float_list, write_json
 
 log = logging.getLogger(__name__)
 
 EXIT_DIVERGED = 3
 LOSS_EPS = 1e-12  # as MXNet's CrossEntropy metric (NVIDIA's train.loss)
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
 def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -200,6 +193,12 @@ def load_params(path: Path):
 # Measurement
 
 
+def warmup_iters(n: int) -> int:
+    """Iterations left out of the timing: NVIDIA's min(n // 10, 100), but at least the first one (graph and
+    oneDNN/cuDNN set-up) whenever there are two or more."""
+    return min(max(1, n // 10), 100) if n > 1 else 0
+
+
 class Meter:
     """Per-epoch accumulator of loss/top-1/top-5 over real (non-padding) samples and of iteration times."""
 
@@ -217,11 +216,11 @@ class Meter:
             real = out.shape[0] - (b.pad or 0)
             if real <= 0:
                 continue
-            probs = out[:real].astype("float32")
+            probs = out[:real] if out.dtype == np.float32 else out[:real].astype("float32")
             label = b.label[0][:real].as_in_context(out.context)
-            picked = mx.nd.pick(probs, label, axis=1)
-            loss_sum += float(-mx.nd.log(picked + LOSS_EPS).sum().asscalar())
-            if not np.isfinite(loss_sum) or not np.isfinite(float(probs.sum().asscalar())):
+            # one host sync per device; NaN/inf logits make every probability NaN, so the loss shows them
+            loss_sum += float(-mx.nd.log(mx.nd.pick(probs, label, axis=1) + LOSS_EPS).sum().asscalar())
+            if not np.isfinite(loss_sum):
                 return float("nan")
             n += real
             if self.metrics:
@@ -239,7 +238,7 @@ class Meter:
         self.real.append(real)
 
     def summary(self, global_batch: int, latencies: bool = False) -> dict:
-        warm = min(len(self.times) // 10, 100)
+        warm = warmup_iters(len(self.times))
         kept, kept_data, kept_real = self.times[warm:], self.data_times[warm:], self.real[warm:]
         out = {"iters": len(self.times), "warmup_iters": warm}
         if kept:

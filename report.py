@@ -26,7 +26,8 @@ Metrics (lists; the first five keys of each split are NVIDIA's)
     ``train.total_ips``             images per second over all devices and workers: global batch / ``train.time``
     ``train.data_time``             seconds per iteration spent waiting for the data iterator (same iterations)
     ``train.iters``                 iterations run in the epoch
-    ``train.warmup_iters``          first iterations of the epoch left out of the timing: min(iters // 10, 100)
+    ``train.warmup_iters``          first iterations of the epoch left out of the timing: min(iters // 10, 100),
+                                    at least 1 when there are 2 or more (fit.warmup_iters)
     ``train.lr``                    learning rate of the last iteration of the epoch
     ``val.top1``, ``val.top5``, ``val.loss``, ``val.time``, ``val.total_ips``, ``val.data_time``, ``val.iters``,
     ``val.warmup_iters``            the same for the validation pass (``val.total_ips`` counts real images only,

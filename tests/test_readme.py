@@ -16,13 +16,26 @@ COMMANDS = [line.strip() for block in re.findall(r"```bash\n(.*?)```", README, r
 EXTERNAL_FLAGS = {"--list", "--recursive", "--pass-through", "--test-io"}
 
 
+def runner_parser():
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("runner_module", str(ROOT / "runner"))
+    spec = importlib.util.spec_from_loader("runner_module", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod.build_parser()
+
+
 def all_parser_flags() -> set[str]:
     import data
-    from tools import bench_data, make_demo_data, prepare_dataset
+    import train
+    from tools import bench_data, bench_train, make_demo_data, plot_report, prepare_dataset
 
     flags = set()
     for parser in (data.build_parser(), prepare_dataset.build_parser(), make_demo_data.build_parser(),
-                   bench_data.build_parser()):
+                   bench_data.build_parser(), bench_train.build_parser(), plot_report.build_parser(),
+                   train.build_parser(), runner_parser()):
         for action in parser._actions:
             flags.update(s for s in action.option_strings if s.startswith("--"))
     return flags
@@ -31,6 +44,18 @@ def all_parser_flags() -> set[str]:
 def test_readme_flags_exist():
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9](?![\w*-])", README))
     assert named - all_parser_flags() - EXTERNAL_FLAGS == set()
+
+
+def test_readme_documents_every_report_field():
+    import report
+
+    keys = [f"train.{k}" for k in report.TRAIN_KEYS] + [f"val.{k}" for k in report.VAL_KEYS]
+    keys += ["model", "ngpus", "total_duration", "cmd", "metrics", "schema", "status", "device", "dtype",
+             "global_batch_size", "config", "versions", "epochs", "checkpoints"]
+    missing = [k for k in keys if f"`{k}`" not in README]
+    assert missing == []
+    src = (ROOT / "report.py").read_text()
+    assert [k for k in keys if f"``{k}``" not in src and f"``{k.split('.')[0]}." not in src] == []
 
 
 def test_readme_opens_with_the_two_setup_commands():
@@ -61,9 +86,13 @@ def _data_py(cmd, ctx):
 
 
 def _make_demo(cmd, ctx):
-    out = ctx["tmp"] / "made_demo"
-    res = run(shlex.split(cmd) + [f"DEMO={out}"], check=True)
-    assert (out / "train.rec").is_file() and (out / "val.idx").is_file() and "demo data set ready" in res.stdout
+    out, runs = ctx["tmp"] / "made_demo", ctx["tmp"] / "runs"
+    res = run(shlex.split(cmd) + [f"DEMO={out}", f"RUNS={runs}", "DEMO_ARGS=-e 1 --benchmark-iters 2"], check=True)
+    assert (out / "train.rec").is_file() and (out / "val.idx").is_file()
+    assert (runs / "model-0001.params").is_file() and (runs / "curves.png").stat().st_size > 10000
+    for line in ("val top-1:", f"report: {runs}/report.json", f"checkpoints: {runs}/model-symbol.json",
+                 f"curves: {runs}/curves.png"):
+        assert line in res.stdout
 
 
 def _make_bench_data(cmd, ctx):
@@ -72,6 +101,48 @@ def _make_bench_data(cmd, ctx):
               check=True)
     assert "| dali-cpu |" in res.stdout and "| im2rec.py |" in res.stdout
     assert set(json.loads(out.read_text())["pipelines_img_per_s"]) >= {"dali-cpu", "mxnet"}
+
+
+def _make_bench(cmd, ctx):
+    tmp = ctx["tmp"]
+    res = run(shlex.split(cmd) + [f"BENCH_TRAIN_ARGS=--repeats 1 -i 2 --image-size 32 -b 4 -o {tmp}/t.json",
+                                  f"BENCH_DATA_ARGS=--images 32 --iters 2 --repeats 1 -b 8 -o {tmp}/d.json"],
+              check=True)
+    assert "| runner -n 1 (symbolic Module) |" in res.stdout and "| Gluon ResNet-50 v1.5, hybridized |" in res.stdout
+    assert json.loads((tmp / "t.json").read_text())["gluon_params"]["Gluon ResNet-50 v1.5, hybridized"] == 25557032
+    assert "| dali-cpu |" in res.stdout
+
+
+RUNS = {}
+
+
+def _runner(cmd, ctx):
+    """The README's runner commands build on each other (train, resume, score): they share one runs/ folder."""
+    runs = RUNS.setdefault("dir", ctx["tmp_factory"].mktemp("readme_runs"))
+    argv = shlex.split(cmd.replace("data/demo", str(ctx["demo_root"])).replace("runs/quick", str(runs)))
+    extra = [] if "--dry-run" in argv else ["--benchmark-iters", "2"]
+    res = run([ROOT / "runner", *argv[1:], *extra], check=True)
+    if "--only-inference" in argv:
+        assert "Score[1]: top-1" in res.stderr
+    elif "--dry-run" in argv:
+        assert "--batch-size 64" in res.stdout and "--cpu-devices 2" in res.stdout
+    else:
+        epochs = int(argv[argv.index("-e") + 1])
+        assert (runs / f"model-{epochs:04d}.params").is_file()
+        report = json.loads((runs / "report.json").read_text())
+        assert report["status"] == "completed" and report["epochs"][-1] == epochs - 1
+
+
+def _plot(cmd, ctx):
+    runs = RUNS.get("dir")
+    assert runs is not None, "the README's training commands come before the plot command"
+    res = run(shlex.split(cmd.replace("python", PY, 1).replace("runs/quick", str(runs))), check=True)
+    assert (runs / "curves.png").stat().st_size > 10000 and "val top-1:" in res.stdout
+
+
+def _train_help(cmd, ctx):
+    out = run(shlex.split(cmd.replace("python", PY, 1)), check=True).stdout
+    assert "--lr-step-epochs" in out and "--data-backend" in out
 
 
 def _make_install_gpu(cmd, ctx):
@@ -88,6 +159,10 @@ HANDLERS = {
     "make test": _make_test,
     "make install-gpu": _make_install_gpu,
     "make bench-data": _make_bench_data,
+    "make bench": _make_bench,
+    "./runner": _runner,
+    "python tools/plot_report.py": _plot,
+    "python train.py": _train_help,
     "python tools/prepare_dataset.py": _prepare,
     "python tools/make_demo_data.py": _make_demo_data,
     "python data.py": _data_py,
@@ -102,7 +177,7 @@ def handler_for(cmd):
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
-def test_readme_command_runs(cmd, tmp_path, mixed_tree, demo_root):
+def test_readme_command_runs(cmd, tmp_path, tmp_path_factory, mixed_tree, demo_root):
     fn = handler_for(cmd)
     assert fn is not None, f"README command not exercised by any test: {cmd}"
-    fn(cmd, {"tmp": tmp_path, "mixed_tree": mixed_tree, "demo_root": demo_root})
+    fn(cmd, {"tmp": tmp_path, "tmp_factory": tmp_path_factory, "mixed_tree": mixed_tree, "demo_root": demo_root})

@@ -95,7 +95,7 @@ def test_two_iterations_write_checkpoint_and_report(demo_root, tmp_path):
         for key in ("top1", "top5", "loss", "time", "total_ips"):
             values = m[f"{split}.{key}"]
             assert isinstance(values, list) and len(values) == 1 and isinstance(values[0], float)
-    assert m["train.iters"] == [2] and m["val.iters"] == [12] and m["train.warmup_iters"] == [0]  # val: 360 / 32
+    assert m["train.iters"] == [2] and m["val.iters"] == [12] and m["train.warmup_iters"] == [1]  # val: 360 / 32
     assert 0 <= m["train.top1"][0] <= m["train.top5"][0] <= 100
     assert m["train.total_ips"][0] == pytest.approx(32 / m["train.time"][0])
     assert "Epoch[0] Batch[2/2]" in res.stderr and "img/s" in res.stderr

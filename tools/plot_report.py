@@ -73,8 +73,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"{args.report}: not a JSON report ({err})") from None
     out = args.output or args.report.with_suffix(".png")
     plot(report, out)
-    print(f"curves: {out}")
+    print(summary(report, args.report, out))
     return 0
+
+
+def summary(report: dict, report_path: Path, png: Path) -> str:
+    """Where the run's outputs are, and how it ended."""
+    m = report.get("metrics", {})
+    lines = [f"run: {report.get('status', '?')}, {len(report.get('epochs', []))} epoch(s) in "
+             f"{report.get('total_duration', 0):.0f} s"]
+    if m.get("val.top1"):
+        lines.append(f"val top-1: {m['val.top1'][-1]:.2f}% after the last epoch (best {max(m['val.top1']):.2f}%), "
+                     f"top-5 {m['val.top5'][-1]:.2f}%")
+    if m.get("train.total_ips"):
+        lines.append(f"training: {m['train.total_ips'][-1]:.1f} img/s in the last epoch")
+    lines.append(f"report: {report_path}")
+    ckpts = report.get("checkpoints", [])
+    if ckpts:
+        last = ckpts[-1]
+        lines.append(f"checkpoints: {last['prefix']}-symbol.json, {last['prefix']}-{last['epoch']:04d}.params "
+                     f"(and every earlier epoch)")
+    lines.append(f"curves: {png}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
