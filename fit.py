@@ -339,6 +339,16 @@ def _progress(epoch: int, total: int | None, global_batch: int, cfg: FitConfig, 
     return on_iter
 
 
+def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_devices: int) -> None:
+    """SGD with momentum, weight decay and fp32 master weights. Created by name, as NVIDIA's fit.py does, so that
+    MXNet knows the parameter names and, as its Optimizer does then, applies no weight decay to biases and batchnorm
+    betas (gradients are rescaled by 1/global batch by Module)."""
+    kv = mx.kvstore.create(cfg.kv_store) if num_devices > 1 else None
+    mod.init_optimizer(kvstore=kv, optimizer="sgd",
+                       optimizer_params={"learning_rate": cfg.lr, "momentum": cfg.mom, "wd": cfg.wd,
+                                         "multi_precision": True, "lr_scheduler": schedule})
+
+
 def create_module(sym, contexts, train_it, for_training: bool) -> mx.mod.Module:
     mod = mx.mod.Module(sym, context=list(contexts), data_names=["data"], label_names=["softmax_label"])
     mod.bind(data_shapes=train_it.provide_data, label_shapes=train_it.provide_label, for_training=for_training)
@@ -359,10 +369,7 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it
         arg, aux = load_params(ckpt["paths"]["params"])
     mod.init_params(initializer, arg_params=arg, aux_params=aux, allow_missing=False)
     schedule = Schedule(cfg, iters_per_epoch)
-    optimizer = mx.optimizer.SGD(learning_rate=cfg.lr, momentum=cfg.mom, wd=cfg.wd, multi_precision=True,
-                                 rescale_grad=1.0 / cfg.batch_size, lr_scheduler=schedule)
-    kv = mx.kvstore.create(cfg.kv_store) if len(contexts) > 1 else None
-    mod.init_optimizer(kvstore=kv, optimizer=optimizer)
+    init_optimizer(mod, cfg, schedule, len(contexts))
     begin_epoch, skip = 0, 0
     if ckpt:
         meta = ckpt["meta"]

@@ -75,6 +75,39 @@ def test_small_inputs_work():
     assert sym.infer_shape(data=(2, 3, 32, 32))[1] == [(2, 10)]
 
 
+def test_optimizer_recipe_no_weight_decay_on_biases_and_betas():
+    import fit
+    import train
+
+    args = train.build_parser().parse_args(["--batch-size", "4", "--wd", "1e-4", "--mom", "0.9"])
+    cfg = fit.config_from_args(args)
+    sym = resnet.get_symbol(num_layers=18, num_classes=10)
+    mod = mx.mod.Module(sym, context=mx.cpu())
+    mod.bind(data_shapes=[("data", (4, 3, 32, 32))], label_shapes=[("softmax_label", (4,))])
+    mod.init_params(resnet.initializer())
+    fit.init_optimizer(mod, cfg, fit.Schedule(cfg, 10), 1)
+    opt = mod._optimizer
+    assert (opt.momentum, opt.wd, opt.multi_precision, opt.rescale_grad) == (0.9, 1e-4, True, 1 / 4)
+    assert opt.wd_mult["fc_bias"] == 0 and opt.wd_mult["stem_bn_beta"] == 0
+    assert opt.wd_mult.get("fc_weight", 1.0) == 1.0 and opt.wd_mult.get("stem_bn_gamma", 1.0) == 1.0
+
+
+def test_lr_schedule_warmup_steps_and_cosine():
+    import fit
+    import train
+
+    args = train.build_parser().parse_args(["--lr", "0.8", "--warmup-epochs", "5", "--num-epochs", "90"])
+    s = fit.Schedule(fit.config_from_args(args), iters_per_epoch=100)
+    assert s.lr_at(0) == pytest.approx(0.8 / 500) and s.lr_at(249) == pytest.approx(0.4)
+    assert s.lr_at(500) == s.lr_at(2999) == 0.8
+    assert s.lr_at(3000) == pytest.approx(0.08) and s.lr_at(6000) == pytest.approx(0.008)
+    assert s.lr_at(8999) == pytest.approx(0.0008)
+    args = train.build_parser().parse_args(["--lr", "0.8", "--warmup-epochs", "0", "--num-epochs", "10",
+                                            "--lr-schedule", "cosine"])
+    c = fit.Schedule(fit.config_from_args(args), iters_per_epoch=10)
+    assert c.lr_at(0) == 0.8 and c.lr_at(50) == pytest.approx(0.4) and c.lr_at(100) == pytest.approx(0.0)
+
+
 # ------------------------------------------------------------------------------------------------ runs
 
 

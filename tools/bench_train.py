@@ -11,8 +11,8 @@ momentum, batch 32 at 224 px by default):
 * ``gluon zoo resnet50_v1`` (reference line only: stride on the 1x1, fewer FLOPs than v1.5).
 
 Every candidate times iterations the same way: wall time per iteration with ``mx.nd.waitall()`` as the sync point,
-the first ones left out by the toolkit's rule (``fit.warmup_iters``). Rounds alternate the candidates; medians over
-rounds are reported.
+the first ones left out by the toolkit's rule (``fit.warmup_iters``). Each round runs every candidate once, in an
+order rotated from round to round so that none always runs first or last; medians over rounds are reported.
 
     python tools/bench_train.py          # what `make bench` runs
 """
@@ -112,12 +112,13 @@ def main(argv=None) -> int:
     results = {name: [] for name in candidates}
     params = {}
     with tempfile.TemporaryDirectory(prefix="bench_train.") as tmp:
-        for _ in range(args.repeats):
-            for name, fn in candidates.items():
-                r = fn(Path(tmp))
-                results[name].append(r["img_per_s"])
-                if "params" in r:
-                    params[name] = r["params"]
+        names = list(candidates)
+        for r in range(args.repeats):  # rotate the order each round: no candidate always runs first or last
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                res = candidates[name](Path(tmp))
+                results[name].append(res["img_per_s"])
+                if "params" in res:
+                    params[name] = res["params"]
     med = {name: statistics.median(v) for name, v in results.items()}
     base = med["Gluon ResNet-50 v1.5, hybridized"]
     env = {"cores": available_cores(), "omp_num_threads": available_cores(), "mxnet": mx.__version__,
