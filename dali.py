@@ -15,16 +15,28 @@ every image exactly once.
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
 import mxnet as mx
 import numpy as np
-from nvidia.dali import fn, pipeline_def, types
-from nvidia.dali.plugin.mxnet import DALIClassificationIterator, LastBatchPolicy
 
 from common import UsageError, available_cores
 from data import LABEL_NAME, DataConfig, DeviceIter
+
+# nvidia.dali itself is imported only when a pipeline is built (`_dali()`): the flags and the config need none of
+# it, and a process that never reads data through DALI (synthetic data, ImageRecordIter) never loads it.
+
+
+@functools.lru_cache(maxsize=None)
+def _dali():
+    import nvidia.dali as nd
+    import nvidia.dali.fn
+    import nvidia.dali.types
+    from nvidia.dali.plugin import mxnet as plugin
+
+    return nd, plugin
 
 
 def add_dali_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -91,6 +103,7 @@ def _decoder_args(d: DaliConfig) -> dict:
 
 
 def _normalize(images, cfg: DataConfig, mirror):
+    fn, types = _dali()[0].fn, _dali()[0].types
     c, h, w = cfg.image_shape
     return fn.crop_mirror_normalize(
         images, dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
@@ -98,8 +111,8 @@ def _normalize(images, cfg: DataConfig, mirror):
         std=list(cfg.std), mirror=mirror, pad_output=c == 4)
 
 
-@pipeline_def
-def train_pipeline(cfg: DataConfig, shard_id: int, num_shards: int):
+def _train_graph(cfg: DataConfig, shard_id: int, num_shards: int):
+    fn, types = _dali()[0].fn, _dali()[0].types
     d = cfg.dali
     jpegs, labels = fn.readers.mxnet(path=[str(cfg.train_rec)], index_path=[str(cfg.train_idx)],
                                      random_shuffle=True, shard_id=shard_id, num_shards=num_shards,
@@ -118,8 +131,8 @@ def train_pipeline(cfg: DataConfig, shard_id: int, num_shards: int):
     return _normalize(images, cfg, mirror), labels
 
 
-@pipeline_def
-def val_pipeline(cfg: DataConfig, shard_id: int, num_shards: int):
+def _val_graph(cfg: DataConfig, shard_id: int, num_shards: int):
+    fn, types = _dali()[0].fn, _dali()[0].types
     d = cfg.dali
     jpegs, labels = fn.readers.mxnet(path=[str(cfg.val_rec)], index_path=[str(cfg.val_idx)],
                                      random_shuffle=False, shard_id=shard_id, num_shards=num_shards,
@@ -128,6 +141,16 @@ def val_pipeline(cfg: DataConfig, shard_id: int, num_shards: int):
     images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_args(d))
     images = fn.resize(images, resize_shorter=cfg.val_resize)
     return _normalize(images, cfg, 0), labels
+
+
+def train_pipeline(cfg: DataConfig, shard_id: int, num_shards: int, **pipeline_kwargs):
+    """The training pipeline of one shard (``pipeline_kwargs``: batch_size, num_threads, device_id, seed, ...)."""
+    return _dali()[0].pipeline_def(_train_graph)(cfg, shard_id, num_shards, **pipeline_kwargs)
+
+
+def val_pipeline(cfg: DataConfig, shard_id: int, num_shards: int, **pipeline_kwargs):
+    """The validation pipeline of one shard."""
+    return _dali()[0].pipeline_def(_val_graph)(cfg, shard_id, num_shards, **pipeline_kwargs)
 
 
 class DaliIter(DeviceIter):
@@ -155,8 +178,10 @@ class DaliIter(DeviceIter):
         # The iterator marks that padding in `pad` (PARTIAL; with reader_name it reads the shard sizes from the
         # readers). Validation keeps the mark; training replaces the padding by the batch's own real samples.
         self._train = train
-        self._it = DALIClassificationIterator(pipes, reader_name="Reader", last_batch_policy=LastBatchPolicy.PARTIAL,
-                                              label_name=LABEL_NAME)
+        plugin = _dali()[1]
+        self._it = plugin.DALIClassificationIterator(pipes, reader_name="Reader",
+                                                     last_batch_policy=plugin.LastBatchPolicy.PARTIAL,
+                                                     label_name=LABEL_NAME)
         self.batches_per_epoch = -(-self._it.size // (cfg.batch_size // n))
 
     def reset(self):
