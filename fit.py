@@ -308,12 +308,14 @@ def run_epoch(mod, it, meter: Meter, train: bool, stop: StopFlag | None = None, 
         if batches is None:
             return "done"
         t_data = time.perf_counter() - t0
+        # one device: hand Module the batch itself (its list-of-batches path measured 1-2% slower on CPU)
+        feed = batches[0] if len(batches) == 1 else batches
         if train:
-            mod.forward_backward(batches)
+            mod.forward_backward(feed)
             mod.update()
             schedule.step += 1
         else:
-            mod.forward(batches, is_train=False)
+            mod.forward(feed, is_train=False)
         outputs = mod.get_outputs(merge_multi_context=False)[0]
         mx.nd.waitall()
         loss = meter.update(outputs, batches)
