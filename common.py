@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 EXIT_USAGE = 2
+FP16_NEEDS_GPU = ("--dtype float16 needs a GPU (MXNet's CPU backend has no FP16 convolution or GEMM); "
+                  "use --dtype float32 on CPU")
 
 
 class UsageError(Exception):

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Parser, UsageError, available_cores, num_gpus, run_main  # noqa: E402
+from common import FP16_NEEDS_GPU, Parser, UsageError, available_cores, num_gpus, run_main  # noqa: E402
 
 # MXNet sizes its OpenMP pool to half the cores unless told otherwise, and reads this when it is imported.
 os.environ.setdefault("OMP_NUM_THREADS", str(available_cores()))
@@ -67,8 +67,7 @@ def resolve_contexts(args) -> list:
 def check_args(args, contexts) -> None:
     kind = contexts[0].device_type
     if args.dtype == "float16" and kind == "cpu":
-        raise UsageError("--dtype float16 needs a GPU (MXNet's CPU backend has no FP16 convolution or GEMM); "
-                         "use --dtype float32 on CPU")
+        raise UsageError(FP16_NEEDS_GPU)
     if args.batch_size < len(contexts) or args.batch_size % len(contexts):
         raise UsageError(f"--batch-size {args.batch_size}: the global batch must be a multiple of the "
                          f"{len(contexts)} devices (at least one image per device)")
