@@ -100,7 +100,8 @@ def main(argv=None) -> int:
         else:
             train_it = data.limit_batches(train_it, args.benchmark_iters)
     sym = resnet.symbol_from_args(args, args.num_classes, dcfg.image_shape, args.dtype, dcfg.dtype,
-                                  dcfg.layout, args.label_smoothing)
+                                  dcfg.layout, args.label_smoothing, contexts[0].device_type,
+                                  for_training=not args.only_inference)
     report = Report(args.report, num_layers=args.num_layers, device_type=contexts[0].device_type,
                     device_names=[str(c) for c in contexts], dtype=args.dtype, global_batch_size=args.batch_size,
                     config=fit.config_dict(args))

@@ -70,6 +70,37 @@ def test_float16_symbol_casts_in_and_out():
     assert len(ops(resnet.get_symbol(dtype="float16", input_dtype="float16"), "Cast")) == 1  # data already fp16
 
 
+def test_fused_bn_relu_matches_the_unfused_graph():
+    """oneDNN's BatchNormWithReLU (the CPU default) has BatchNorm's parameters and gives the same outputs,
+    gradients and moving statistics as BatchNorm followed by relu."""
+    fusion = resnet.bn_relu_fusion(True, "cpu")
+    assert fusion == "contrib" and resnet.bn_relu_fusion(False, "cpu") is None
+    assert resnet.bn_relu_fusion(True, "gpu") is None  # no GPU kernel for it in the PyPI builds
+    plain = resnet.get_symbol(num_layers=18, num_classes=10)
+    fused = resnet.get_symbol(num_layers=18, num_classes=10, fuse_bn_relu=fusion)
+    assert plain.list_arguments() == fused.list_arguments()
+    assert plain.list_auxiliary_states() == fused.list_auxiliary_states()
+    assert len(ops(fused, "_contrib_BatchNormWithReLU")) == 9 and len(ops(fused, "BatchNorm")) == 11
+    rng = np.random.default_rng(0)
+    data = mx.nd.array(rng.uniform(-1, 1, (4, 3, 32, 32)))
+    label = mx.nd.array([1, 2, 3, 4])
+    results = []
+    for sym in (plain, fused):
+        mx.random.seed(0)
+        mod = mx.mod.Module(sym, context=mx.cpu())
+        mod.bind(data_shapes=[("data", data.shape)], label_shapes=[("softmax_label", label.shape)])
+        mod.init_params(resnet.initializer())
+        mod.forward_backward(mx.io.DataBatch([data], [label]))
+        grads = {n: g[0].asnumpy() for n, g in zip(mod._exec_group.param_names, mod._exec_group.grad_arrays)}
+        results.append((mod.get_outputs()[0].asnumpy(), grads, mod.get_params()[1]))
+    (out_a, grad_a, aux_a), (out_b, grad_b, aux_b) = results
+    np.testing.assert_allclose(out_a, out_b, rtol=1e-4, atol=1e-6)
+    for name in grad_a:
+        np.testing.assert_allclose(grad_a[name], grad_b[name], rtol=1e-3, atol=1e-5, err_msg=name)
+    for name in aux_a:
+        np.testing.assert_allclose(aux_a[name].asnumpy(), aux_b[name].asnumpy(), rtol=1e-4, atol=1e-6)
+
+
 def test_small_inputs_work():
     sym = resnet.get_symbol(num_layers=50, num_classes=10)
     assert sym.infer_shape(data=(2, 3, 32, 32))[1] == [(2, 10)]
