@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -151,6 +152,25 @@ def train_pipeline(cfg: DataConfig, shard_id: int, num_shards: int, **pipeline_k
 def val_pipeline(cfg: DataConfig, shard_id: int, num_shards: int, **pipeline_kwargs):
     """The validation pipeline of one shard."""
     return _dali()[0].pipeline_def(_val_graph)(cfg, shard_id, num_shards, **pipeline_kwargs)
+
+
+def time_pipeline(cfg: DataConfig, train: bool, iters: int, warmup: int = 5, device_id: int | None = None) -> float:
+    """img/s of one pipeline (the whole ``cfg.batch_size``) run directly, without the MXNet iterator: what a
+    machine can measure whose MXNet build cannot use its GPU (the PyPI wheels on Hopper). ``pipe.run()`` returns
+    when the batch's outputs are complete, GPU work included, so each batch is timed to its end."""
+    d = cfg.dali
+    make = train_pipeline if train else val_pipeline
+    pipe = make(cfg, 0, 1, batch_size=cfg.batch_size, num_threads=d.threads if train else d.val_threads,
+                device_id=device_id if d.gpu else None, seed=1, prefetch_queue_depth=d.prefetch)
+    pipe.build()
+    for _ in range(warmup):
+        pipe.run()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        pipe.run()
+    rate = iters * cfg.batch_size / (time.perf_counter() - t0)
+    del pipe
+    return rate
 
 
 class DaliIter(DeviceIter):

@@ -13,6 +13,9 @@ reported. Prints a Markdown table and writes the raw numbers as JSON.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +27,7 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import Parser, available_cores, num_gpus, run_main, write_json  # noqa: E402
+from common import Parser, available_cores, float_list, num_gpus, run_main, write_json  # noqa: E402
 
 
 def make_photo_tree(root: Path, n: int, seed: int = 0) -> int:
@@ -55,6 +58,16 @@ def make_photo_tree(root: Path, n: int, seed: int = 0) -> int:
         path.write_bytes(buf.tobytes())
         total += len(buf)
     return total
+
+
+def gpu_name() -> str | None:
+    """The first GPU's name from nvidia-smi, or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 def time_cmd(args: Sequence) -> float:
@@ -114,6 +127,43 @@ def bench_pipelines(data_root: Path, backends: Sequence[str], batch: int, thread
     return results
 
 
+def time_one_pipeline(data_root: Path, backend: str, load: float | None, split: str, batch: int, threads: int,
+                      iters: int) -> float:
+    import dali
+    import data
+
+    p = Parser()
+    data.add_data_args(p)
+    dali.add_dali_args(p)
+    flags = ["--data-root", str(data_root), "--data-backend", backend, "--dali-threads", str(threads)]
+    if load is not None:
+        flags += ["--dali-hw-decoder-load", str(load)]
+    cfg = data.config_from_args(p.parse_args(flags), batch, have_gpu=backend == "dali-gpu", seed=1)
+    return dali.time_pipeline(cfg, split == "train", iters, device_id=0)
+
+
+def bench_pipelines_direct(data_root: Path, backends: Sequence[str], batch: int, threads: int, iters: int,
+                           repeats: int, hw_loads: Sequence[float]) -> dict:
+    """img/s of the DALI pipelines themselves (no MXNet iterator), ``dali-gpu`` once per hardware-decoder load.
+    Each measurement runs in its own process, which leaves without tearing its pipeline down (DALI 1.35 can abort
+    when a pipeline with batches still in flight is destroyed)."""
+    cands = [(b, None) for b in backends if b != "dali-gpu"]
+    if "dali-gpu" in backends:
+        cands = [("dali-gpu", load) for load in hw_loads] + cands
+    results = {}
+    for _ in range(repeats):
+        for backend, load in cands:
+            name = backend if load is None else f"{backend} (hw decoder load {load:g})"
+            r = results.setdefault(name, {"train": [], "val": []})
+            for split in ("train", "val"):
+                out = subprocess.run([sys.executable, __file__, "--time-one", json.dumps(
+                    [str(data_root), backend, load, split, batch, threads, iters])], capture_output=True, text=True)
+                if out.returncode != 0:
+                    raise RuntimeError(f"{name} {split}: {out.stderr.strip().splitlines()[-1:]}")
+                r[split].append(float(out.stdout.split()[-1]))
+    return results
+
+
 def build_parser() -> Parser:
     p = Parser(prog="bench_data.py", description="Benchmark Stage-1 preparation and the data pipelines.")
     p.add_argument("--images", type=int, default=2048, help="ImageNet-sized JPEGs to make")
@@ -123,7 +173,13 @@ def build_parser() -> Parser:
     p.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends to time (default: dali-cpu,mxnet, plus dali-gpu with a GPU)")
+    p.add_argument("--pipelines-only", action="store_true",
+                   help="time the DALI pipelines themselves, without the MXNet iterator, and skip the Stage-1 "
+                        "timing: for a GPU the installed MXNet cannot use (e.g. Hopper with the PyPI wheels)")
+    p.add_argument("--hw-decoder-loads", type=float_list, default=[0.0, 0.65],
+                   help="with --pipelines-only: the --dali-hw-decoder-load values to time dali-gpu with")
     p.add_argument("-o", "--output", type=Path, default=Path("bench-out/data.json"), help="JSON with raw numbers")
+    p.add_argument("--time-one", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -132,30 +188,44 @@ def main(argv=None) -> int:
     import nvidia.dali
 
     args = build_parser().parse_args(argv)
+    if args.time_one:
+        root, backend, load, split, batch, threads, iters = json.loads(args.time_one)
+        print(time_one_pipeline(Path(root), backend, load, split, batch, threads, iters), flush=True)
+        os._exit(0)  # no pipeline teardown (see bench_pipelines_direct)
     backends = args.backends.split(",") if args.backends else \
         (["dali-gpu"] if num_gpus() else []) + ["dali-cpu", "mxnet"]
     with tempfile.TemporaryDirectory(prefix="bench_data.") as tmp:
         tmp = Path(tmp)
         nbytes = make_photo_tree(tmp / "raw" / "train", args.images)
         make_photo_tree(tmp / "raw" / "val", max(args.batch_size, args.images // 4), seed=1)
-        prep = bench_prepare(tmp / "raw" / "train", tmp, args.threads, args.repeats)
+        prep = {} if args.pipelines_only else bench_prepare(tmp / "raw" / "train", tmp, args.threads, args.repeats)
         subprocess.run([sys.executable, ROOT / "tools" / "prepare_dataset.py", "--train-dir", tmp / "raw" / "train",
                         "--val-dir", tmp / "raw" / "val", "--data-root", tmp / "rec", "--quiet"], check=True,
                        stdout=subprocess.DEVNULL)
-        pipes = bench_pipelines(tmp / "rec", backends, args.batch_size, args.threads, args.iters, args.repeats)
+        if args.pipelines_only:
+            pipes = bench_pipelines_direct(tmp / "rec", [b for b in backends if b.startswith("dali")],
+                                           args.batch_size, args.threads, args.iters, args.repeats,
+                                           args.hw_decoder_loads)
+        else:
+            pipes = bench_pipelines(tmp / "rec", backends, args.batch_size, args.threads, args.iters,
+                                    args.repeats)
     med = statistics.median
     env = {"cores": available_cores(), "threads": args.threads, "mxnet": mx.__version__,
            "dali": nvidia.dali.__version__, "images": args.images, "mean_jpeg_kb": round(nbytes / args.images / 1024),
-           "batch_size": args.batch_size, "image_shape": [3, 224, 224], "repeats": args.repeats}
+           "batch_size": args.batch_size, "image_shape": [3, 224, 224], "repeats": args.repeats,
+           "gpu": gpu_name(), "through": "DALI pipeline" if args.pipelines_only else "toolkit iterator"}
     write_json(args.output, {"env": env, "prepare_s": prep, "pipelines_img_per_s": pipes})
     print(f"Data path, {args.images} JPEGs (mean {env['mean_jpeg_kb']} KB) from sklearn's photographs, "
           f"{args.threads} threads, {env['cores']} cores; medians of {args.repeats} rounds")
-    print()
-    print("| Stage-1 preparation | wall time (s) | img/s |")
-    print("|---|---|---|")
-    for name, ts in prep.items():
-        print(f"| {name} | {med(ts):.2f} | {args.images / med(ts):.0f} |")
-    print()
+    if env["gpu"]:
+        print(f"GPU: {env['gpu']}")
+    if prep:
+        print()
+        print("| Stage-1 preparation | wall time (s) | img/s |")
+        print("|---|---|---|")
+        for name, ts in prep.items():
+            print(f"| {name} | {med(ts):.2f} | {args.images / med(ts):.0f} |")
+    print(f"\nbatch {args.batch_size}, timed through the {env['through']}\n")
     print(f"| backend | train img/s (decode + RRC 224 + flip + normalize) | val img/s (decode + resize 256 + "
           f"center crop + normalize) |")
     print("|---|---|---|")
