@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Inference throughput and latency on CPU, FP32, synthetic data, 1 CPU device, batch 1 to 32; 3 passes of 20 batches, the first left out.
+# Usage: examples/INFER_BENCHMARK_CPU.sh [toolkit dir] [more flags ...]   (NVIDIA's form takes the toolkit dir first; it is optional
+# here). Every extra flag goes to the benchmark.py.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ $# -gt 0 && -d "$1" && -x "$1/runner" ]]; then root="$1"; shift; fi
+exec "$root/benchmark.py" -n 1 -b 1,2,4,8,16,32 --only-inference -e 3 -w 1 -i 20 --dtype float32 --data-backend synthetic -o report.json "$@"
