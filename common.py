@@ -20,6 +20,51 @@ from typing import Callable, Iterator, Sequence
 EXIT_USAGE = 2
 FP16_NEEDS_GPU = ("--dtype float16 needs a GPU (MXNet's CPU backend has no FP16 convolution or GEMM); "
                   "use --dtype float32 on CPU")
+BF16_NEEDS_CPU = ("--dtype bfloat16 is for CPU devices (MXNet 1.9 has no bfloat16 GPU kernels); use --dtype float16 "
+                  "on GPUs")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The CPU features that give oneDNN native bfloat16 math (AVX512_BF16, AMX-BF16) found in /proc/cpuinfo (or
+    the file ``RN50_CPUINFO`` names, to check another machine's)."""
+    try:
+        text = Path(os.environ.get("RN50_CPUINFO", "/proc/cpuinfo")).read_text()
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def enable_amx() -> bool:
+    """Let oneDNN use AMX (the bfloat16 tile units of recent Xeons) in this process; call before MXNet runs.
+
+    MXNet 1.9.1's oneDNN (2.4.4) stops at AVX512-BF16 unless ``DNNL_MAX_CPU_ISA=AVX512_CORE_AMX`` is set, and with it
+    set it dies of SIGILL at the first AMX instruction unless the process has asked Linux for the AMX tile state
+    (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``), which that oneDNN does not do. With both, bfloat16
+    convolutions run about twice as fast (measured: 222 against 120 GFLOP/s for one ResNet-50 1x1 convolution on 2
+    cores); float32 work is unaffected. Returns whether AMX is enabled."""
+    if "amx_bf16" not in cpu_bf16_flags() or os.environ.get("DNNL_MAX_CPU_ISA", "AVX512_CORE_AMX") != \
+            "AVX512_CORE_AMX":
+        return False
+    import ctypes
+
+    try:
+        ok = ctypes.CDLL(None, use_errno=True).syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl, REQ_XCOMP_PERM, 18
+    except (OSError, AttributeError):
+        ok = False
+    if ok:
+        os.environ["DNNL_MAX_CPU_ISA"] = "AVX512_CORE_AMX"
+    return ok
+
+
+def check_bf16_cpu() -> None:
+    if not cpu_bf16_flags():
+        raise UsageError("--dtype bfloat16 needs a CPU with AVX512_BF16 or AMX-BF16 (none in /proc/cpuinfo here; "
+                         "oneDNN would emulate it, slower than float32); use --dtype float32")
 
 
 class UsageError(Exception):

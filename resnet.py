@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 
 import mxnet as mx
+import numpy as np
 
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
           101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3))}
 LAYOUTS = ("NCHW", "NHWC")
+DTYPES = ("float32", "float16", "bfloat16")
+BF16 = np.dtype([("bfloat16", np.uint16)])  # MXNet's bfloat16 (mxnet.contrib.amp.amp.bfloat16)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -39,30 +42,55 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--conv-workspace", type=int, default=256, help="convolution workspace, MB (cuDNN)")
     g.add_argument("--fuse-bn-relu", type=int, choices=(0, 1), default=1,
                    help="fuse each batchnorm with the relu after it where the MXNet build has such an operator "
-                        "for the devices in use (CPU: oneDNN's BatchNormWithReLU); otherwise the unfused graph")
+                        "for the devices in use (CPU: oneDNN's BatchNormWithReLU; GPU: NGC builds); otherwise the "
+                        "unfused graph, with a log line saying so")
+    g.add_argument("--fuse-bn-add-relu", type=int, choices=(0, 1), default=0,
+                   help="fuse the last batchnorm of each residual block with the shortcut add and the relu where "
+                        "the build has BatchNormAddRelu (NGC GPU containers); otherwise the unfused graph")
     return g
 
 
 def bn_relu_fusion(requested: bool, device_type: str) -> str | None:
-    """The fused batchnorm+relu operator to use for ``device_type`` ("cpu"/"gpu"), or None for the unfused graph.
+    """The fused batchnorm+relu to use on ``device_type`` ("cpu"/"gpu"), or None for the unfused graph.
 
-    The CPU build of MXNet 1.9 has ``_contrib_BatchNormWithReLU`` (oneDNN, CPU kernels only): same parameters and
-    outputs as BatchNorm followed by relu, one pass over the activations instead of two (about 2% faster RN50
-    training on CPU). The PyPI GPU builds have no fused batchnorm+relu.
+    CPU: the CPU build of MXNet 1.9 has ``_contrib_BatchNormWithReLU`` (oneDNN, CPU kernels only): same parameters
+    and outputs as BatchNorm followed by relu, one pass over the activations instead of two (about 2% faster RN50
+    training on CPU). GPU: NVIDIA's NGC builds give BatchNorm an ``act_type``; the PyPI GPU builds have neither.
     """
     if not requested:
         return None
     if device_type == "cpu" and hasattr(mx.sym.contrib, "BatchNormWithReLU"):
         return "contrib"
+    if device_type == "gpu" and "act_type" in (mx.sym.BatchNorm.__doc__ or ""):
+        return "act_type"
     return None
+
+
+def bn_add_relu_fusion(requested: bool, device_type: str) -> str | None:
+    """``"ngc"`` where the build has NVIDIA's fused batchnorm+add+relu (``BatchNormAddRelu``, NGC GPU builds)."""
+    if requested and device_type == "gpu" and hasattr(mx.sym, "BatchNormAddRelu"):
+        return "ngc"
+    return None
+
+
+def fusion_notes(args: argparse.Namespace, device_type: str) -> list[str]:
+    """One line per fusion flag asked for that this MXNet build cannot honour on ``device_type``."""
+    notes = []
+    if args.fuse_bn_relu and bn_relu_fusion(True, device_type) is None:
+        notes.append(f"--fuse-bn-relu 1: this MXNet build has no fused batchnorm+relu for {device_type.upper()} "
+                     "(NGC GPU containers and the CPU build do); using batchnorm, then relu")
+    if args.fuse_bn_add_relu and bn_add_relu_fusion(True, device_type) is None:
+        notes.append(f"--fuse-bn-add-relu 1: this MXNet build has no BatchNormAddRelu for {device_type.upper()} "
+                     "(NGC GPU containers do); using batchnorm, add, relu")
+    return notes
 
 
 class _Builder:
     """Carries the settings and the running layout; inserts a transpose only when the layout changes."""
 
     def __init__(self, dtype, input_layout, conv_layout, bn_layout, pool_layout, eps, mom, workspace, gamma0,
-                 fuse_bn_relu=None):
-        self.dtype, self.fuse_bn_relu = dtype, fuse_bn_relu
+                 fuse_bn_relu=None, fuse_bn_add_relu=None):
+        self.dtype, self.fuse_bn_relu, self.fuse_bn_add_relu = dtype, fuse_bn_relu, fuse_bn_add_relu
         self.layout = input_layout
         self.conv_layout, self.bn_layout, self.pool_layout = conv_layout, bn_layout, pool_layout
         self.eps, self.mom, self.workspace, self.gamma0 = eps, mom, workspace, gamma0
@@ -74,20 +102,38 @@ class _Builder:
         self.layout = layout
         return mx.sym.transpose(x, axes=axes)
 
+    def weight(self, name):
+        """A weight variable: in bfloat16 the fp32 master weight, cast to bfloat16 inside the graph (its gradient is
+        cast back to fp32 by the cast's backward)."""
+        if self.dtype != "bfloat16":
+            return {}
+        w = mx.sym.Variable(f"{name}_weight", dtype="float32")
+        return {"weight": mx.sym.amp_cast(w, dtype=BF16, name=f"{name}_weight_bf16")}
+
     def conv(self, x, channels, kernel, stride, name):
         x = self.to(x, self.conv_layout)
         pad = (kernel // 2, kernel // 2)
         return mx.sym.Convolution(x, num_filter=channels, kernel=(kernel, kernel), stride=(stride, stride), pad=pad,
-                                  no_bias=True, workspace=self.workspace, layout=self.conv_layout, name=name)
+                                  no_bias=True, workspace=self.workspace, layout=self.conv_layout, name=name,
+                                  **self.weight(name))
 
-    def bn(self, x, name, relu=True, zero_gamma=False):
+    def bn(self, x, name, relu=True, zero_gamma=False, addend=None):
         x = self.to(x, self.bn_layout)
-        gamma = mx.sym.Variable(f"{name}_gamma", init=mx.init.Zero()) if zero_gamma and self.gamma0 else None
-        kwargs = {"gamma": gamma} if gamma is not None else {}
+        kwargs = {}
+        if self.dtype == "bfloat16":  # bfloat16 activations, fp32 parameters and statistics
+            kwargs = {k: mx.sym.Variable(f"{name}_{k}", dtype="float32") for k in ("beta", "moving_mean", "moving_var")}
+        if zero_gamma and self.gamma0:
+            kwargs["gamma"] = mx.sym.Variable(f"{name}_gamma", init=mx.init.Zero(), dtype="float32")
+        elif self.dtype == "bfloat16":
+            kwargs["gamma"] = mx.sym.Variable(f"{name}_gamma", dtype="float32")
         kwargs.update(fix_gamma=False, eps=self.eps, momentum=self.mom, axis=1 if self.bn_layout == "NCHW" else 3,
                       name=name)
+        if addend is not None:  # NGC's batchnorm + add + relu
+            return mx.sym.BatchNormAddRelu(data=x, addend=self.to(addend, self.bn_layout), **kwargs)
         if relu and self.fuse_bn_relu == "contrib":
             return mx.sym.contrib.BatchNormWithReLU(x, **kwargs)
+        if relu and self.fuse_bn_relu == "act_type":
+            return mx.sym.BatchNorm(x, act_type="relu", **kwargs)
         x = mx.sym.BatchNorm(x, **kwargs)
         return mx.sym.Activation(x, act_type="relu", name=f"{name}_relu") if relu else x
 
@@ -101,8 +147,11 @@ def _bottleneck(b: _Builder, x, channels, stride, downsample, v15, name):
     s1, s3 = (1, stride) if v15 else (stride, 1)
     y = b.bn(b.conv(x, channels // 4, 1, s1, f"{name}_conv1"), f"{name}_bn1")
     y = b.bn(b.conv(y, channels // 4, 3, s3, f"{name}_conv2"), f"{name}_bn2")
-    y = b.bn(b.conv(y, channels, 1, 1, f"{name}_conv3"), f"{name}_bn3", relu=False, zero_gamma=True)
     shortcut = b.bn(b.conv(x, channels, 1, stride, f"{name}_sc"), f"{name}_sc_bn", relu=False) if downsample else x
+    y = b.conv(y, channels, 1, 1, f"{name}_conv3")
+    if b.fuse_bn_add_relu:
+        return b.bn(y, f"{name}_bn3", zero_gamma=True, addend=shortcut)
+    y = b.bn(y, f"{name}_bn3", relu=False, zero_gamma=True)
     return _add_relu(b, y, shortcut, name)
 
 
@@ -123,23 +172,29 @@ def get_symbol(num_classes: int = 1000, num_layers: int = 50, image_shape=(3, 22
                conv_layout: str = "NCHW", batchnorm_layout: str = "NCHW", pooling_layout: str = "NCHW",
                batchnorm_eps: float = 1e-5, batchnorm_mom: float = 0.9, bn_gamma_init0: bool = False,
                conv_workspace: int = 256, label_smoothing: float = 0.0,
-               fuse_bn_relu: str | None = None) -> mx.sym.Symbol:
+               fuse_bn_relu: str | None = None, fuse_bn_add_relu: str | None = None,
+               loss_scale: float = 1.0) -> mx.sym.Symbol:
     """The training symbol: ResNet -> ``SoftmaxOutput`` named ``softmax`` (label ``softmax_label``).
 
     ``input_dtype`` is the dtype of the ``data`` variable (default: ``dtype``); ``image_shape`` is C,H,W and only
-    its channel count matters (any H, W >= 32 works). ``fuse_bn_relu`` is what ``bn_relu_fusion`` returned.
+    its channel count matters (any H, W >= 32 works). ``fuse_bn_relu``/``fuse_bn_add_relu`` are what
+    ``bn_relu_fusion``/``bn_add_relu_fusion`` returned. ``loss_scale`` multiplies the loss gradient (static loss
+    scaling; the optimizer divides it out again).
     """
     if num_layers not in DEPTHS:
         raise ValueError(f"num_layers {num_layers}: choose one of {sorted(DEPTHS)}")
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype {dtype}: the symbol is built in float32 or float16")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype}: the symbol is built in one of {', '.join(DTYPES)}")
     block_kind, units = DEPTHS[num_layers]
     block = _bottleneck if block_kind == "bottleneck" else _basic
     widths = (256, 512, 1024, 2048) if block_kind == "bottleneck" else (64, 128, 256, 512)
     b = _Builder(dtype, input_layout, conv_layout, batchnorm_layout, pooling_layout, batchnorm_eps, batchnorm_mom,
-                 conv_workspace, bn_gamma_init0, fuse_bn_relu)
+                 conv_workspace, bn_gamma_init0, fuse_bn_relu, fuse_bn_add_relu)
     data = mx.sym.Variable("data", dtype=input_dtype or dtype)
-    x = mx.sym.Cast(data, dtype=dtype) if (input_dtype or dtype) != dtype else data
+    if dtype == "bfloat16":
+        x = mx.sym.amp_cast(data, dtype=BF16, name="data_bf16")
+    else:
+        x = mx.sym.Cast(data, dtype=dtype) if (input_dtype or dtype) != dtype else data
     x = b.bn(b.conv(x, 64, 7, 2, "stem_conv"), "stem_bn")
     x = b.pool(x, 3, 2, "max", "stem_pool")
     for stage, (n, width) in enumerate(zip(units, widths)):
@@ -149,10 +204,16 @@ def get_symbol(num_classes: int = 1000, num_layers: int = 50, image_shape=(3, 22
             x = block(b, x, width, stride, downsample, version == "1.5", f"stage{stage + 1}_unit{unit + 1}")
     x = b.pool(x, 7, 1, "avg", "global_pool", global_pool=True)
     x = mx.sym.Flatten(x)
-    x = mx.sym.FullyConnected(x, num_hidden=num_classes, name="fc")
-    if dtype != "float32":
+    fc = {}
+    if dtype == "bfloat16":
+        fc = {"bias": mx.sym.amp_cast(mx.sym.Variable("fc_bias", dtype="float32"), dtype=BF16, name="fc_bias_bf16"),
+              **b.weight("fc")}
+    x = mx.sym.FullyConnected(x, num_hidden=num_classes, name="fc", **fc)
+    if dtype == "bfloat16":
+        x = mx.sym.amp_cast(x, dtype="float32", name="fc_fp32")
+    elif dtype != "float32":
         x = mx.sym.Cast(x, dtype="float32")
-    return mx.sym.SoftmaxOutput(x, name="softmax", smooth_alpha=label_smoothing)
+    return mx.sym.SoftmaxOutput(x, name="softmax", smooth_alpha=label_smoothing, grad_scale=loss_scale)
 
 
 def symbol_from_args(args: argparse.Namespace, num_classes: int, image_shape, dtype: str, input_dtype: str,
@@ -166,7 +227,9 @@ def symbol_from_args(args: argparse.Namespace, num_classes: int, image_shape, dt
                       pooling_layout=args.pooling_layout, batchnorm_eps=args.batchnorm_eps,
                       batchnorm_mom=args.batchnorm_mom, bn_gamma_init0=args.bn_gamma_init0,
                       conv_workspace=args.conv_workspace, label_smoothing=label_smoothing,
-                      fuse_bn_relu=bn_relu_fusion(bool(args.fuse_bn_relu) and for_training, device_type))
+                      fuse_bn_relu=bn_relu_fusion(bool(args.fuse_bn_relu) and for_training, device_type),
+                      fuse_bn_add_relu=bn_add_relu_fusion(bool(args.fuse_bn_add_relu), device_type),
+                      loss_scale=args.loss_scale)
 
 
 def initializer() -> mx.init.Initializer:

@@ -13,10 +13,20 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FP16_NEEDS_GPU, Parser, UsageError, available_cores, num_gpus, run_main  # noqa: E402
+from common import (BF16_NEEDS_CPU, FP16_NEEDS_GPU, Parser, UsageError, available_cores, check_bf16_cpu,  # noqa: E402
+                    enable_amx, num_gpus, run_main)
 
 # MXNet sizes its OpenMP pool to half the cores unless told otherwise, and reads this when it is imported.
 os.environ.setdefault("OMP_NUM_THREADS", str(available_cores()))
+enable_amx()  # bfloat16 on AMX CPUs: before MXNet's oneDNN reads its ISA setting
+
+if __name__ == "__main__":  # before importing MXNet, whose GPU build fails to load without its CUDA libraries
+    import gpu
+
+    _problem = gpu.check()
+    if _problem:
+        print(f"train.py: error: {_problem}", file=sys.stderr)
+        sys.exit(2)
 
 import logging  # noqa: E402
 import random  # noqa: E402
@@ -68,6 +78,10 @@ def check_args(args, contexts) -> None:
     kind = contexts[0].device_type
     if args.dtype == "float16" and kind == "cpu":
         raise UsageError(FP16_NEEDS_GPU)
+    if args.dtype == "bfloat16":
+        if kind != "cpu":
+            raise UsageError(BF16_NEEDS_CPU)
+        check_bf16_cpu()
     if args.batch_size < len(contexts) or args.batch_size % len(contexts):
         raise UsageError(f"--batch-size {args.batch_size}: the global batch must be a multiple of the "
                          f"{len(contexts)} devices (at least one image per device)")
@@ -99,6 +113,8 @@ def main(argv=None) -> int:
             val_it = data.limit_batches(val_it, args.benchmark_iters) if val_it is not None else None
         else:
             train_it = data.limit_batches(train_it, args.benchmark_iters)
+    for note in resnet.fusion_notes(args, contexts[0].device_type):
+        log.warning(note)
     sym = resnet.symbol_from_args(args, args.num_classes, dcfg.image_shape, args.dtype, dcfg.dtype,
                                   dcfg.layout, args.label_smoothing, contexts[0].device_type,
                                   for_training=not args.only_inference)

@@ -1,0 +1,133 @@
+"""Mixed precision: the FP16 (GPU) symbol's structure checked on CPU, BF16 on CPU, static loss scaling, fusions."""
+from __future__ import annotations
+
+import json
+import shlex
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import common
+import resnet
+from conftest import PY, ROOT, run
+
+TINY = ["--image-shape", "3,32,32", "--num-classes", "10"]
+SYNTH = ["--data-backend", "synthetic", "--num-examples", "64", *TINY]
+HAS_BF16 = bool(common.cpu_bf16_flags())
+
+
+def ops(sym, op):
+    return [n for n in json.loads(sym.tojson(remove_amp_cast=False))["nodes"] if n["op"] == op]
+
+
+def train_args_of_runner(*runner_args):
+    """train.py's parsed flags for a runner command, as the runner would build them on an 8-GPU machine."""
+    import train
+
+    out = run([ROOT / "runner", *runner_args, "--dry-run", "--assume-gpus", "8"], check=True).stdout
+    argv = shlex.split(out.strip().splitlines()[1])
+    return train.build_parser().parse_args(argv[2:])  # drop the interpreter and train.py
+
+
+def test_fp16_symbol_structure_as_the_runner_builds_it():
+    """NHWC convolution/batchnorm/pooling, no transpose (the pipeline delivers NHWC); the 4-channel fp16 input from
+    the pipeline; fp16 weights (fp32 master copies live in the optimizer), fp32 batchnorm parameters; logits cast
+    to fp32 before the softmax; the parameter count of the 4-channel stem."""
+    args = train_args_of_runner("-n", "1", "-b", "208")
+    assert (args.dtype, args.input_layout, args.conv_layout, args.batchnorm_layout, args.pooling_layout) == \
+        ("float16", "NHWC", "NHWC", "NHWC", "NHWC")
+    assert tuple(args.image_shape) == (4, 224, 224) and args.fuse_bn_relu == 1 and args.fuse_bn_add_relu == 1
+    sym = resnet.symbol_from_args(args, 1000, (4, 224, 224), "float16", "float16", "NHWC", device_type="gpu")
+    assert ops(sym, "transpose") == []  # the pipeline already delivers NHWC
+    assert all(n["attrs"]["layout"] == "NHWC" for n in ops(sym, "Convolution") + ops(sym, "Pooling"))
+    assert all(n["attrs"]["axis"] == "3" for n in ops(sym, "BatchNorm"))
+    assert [c["attrs"]["dtype"] for c in ops(sym, "Cast")] == ["float32"]  # fp16 data in, fp32 logits out
+    arg_types, out_types, aux_types = sym.infer_type(data="float16")
+    types = dict(zip(sym.list_arguments(), arg_types))
+    assert types["data"] == np.float16 and out_types == [np.float32]
+    assert {types[n] for n in types if n.endswith("_weight")} == {np.float16}
+    assert {types[n] for n in types if n.endswith(("_gamma", "_beta"))} == {np.float32}
+    assert set(aux_types) == {np.float32}
+    assert resnet.count_parameters(sym, (1, 224, 224, 4)) == 25557032 + 64 * 7 * 7
+
+
+def test_fp16_symbol_with_nchw_input_has_one_transpose():
+    sym = resnet.get_symbol(dtype="float16", input_dtype="float32", input_layout="NCHW", conv_layout="NHWC",
+                            batchnorm_layout="NHWC", pooling_layout="NHWC")
+    assert len(ops(sym, "transpose")) == 1 and [c["attrs"]["dtype"] for c in ops(sym, "Cast")] == ["float16",
+                                                                                                    "float32"]
+
+
+def test_fusion_flags_fall_back_with_a_note(tmp_path):
+    """This CPU build has no BatchNormAddRelu: the run says so and trains the unfused graph."""
+    res = run([ROOT / "runner", "-n", "1", "-b", "4", "-e", "1", "--benchmark-iters", "2", "--no-val", *SYNTH,
+               "--fuse-bn-add-relu", "1"], check=True)
+    assert "--fuse-bn-add-relu 1: this MXNet build has no BatchNormAddRelu for CPU" in res.stderr
+    import train
+
+    args = train.build_parser().parse_args(["--fuse-bn-add-relu", "1", "--fuse-bn-relu", "1"])
+    assert resnet.fusion_notes(args, "cpu") and len(resnet.fusion_notes(args, "gpu")) == 2  # PyPI builds: neither
+    sym = resnet.symbol_from_args(args, 10, (3, 32, 32), "float32", "float32", "NCHW", device_type="cpu")
+    assert ops(sym, "BatchNormAddRelu") == [] and len(ops(sym, "_contrib_BatchNormWithReLU")) == 33
+
+
+def test_bf16_symbol_keeps_fp32_parameters_statistics_and_loss():
+    sym = resnet.get_symbol(dtype="bfloat16", input_dtype="float32")
+    assert resnet.count_parameters(sym, (1, 3, 224, 224)) == 25557032
+    casts = ops(sym, "amp_cast")
+    assert len(casts) == 1 + 53 + 2 + 1  # data, every conv weight, fc weight and bias, logits back to fp32
+    arg_types, out_types, aux_types = sym.infer_type(data="float32")
+    assert set(arg_types) == {np.float32} and out_types == [np.float32] and set(aux_types) == {np.float32}
+    inner = sym.get_internals()
+    names = inner.list_outputs()
+    _, types, _ = inner.infer_type(data="float32")
+    t = dict(zip(names, types))
+    assert np.dtype(t["stage1_unit1_conv1_output"]).names == ("bfloat16",)  # activations in bfloat16
+    assert np.dtype(t["stage4_unit3_relu_output"]).names == ("bfloat16",)
+    assert t["fc_fp32_output"] == np.float32
+
+
+def test_bf16_usage_errors(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    monkeypatch.setenv("RN50_CPUINFO", str(cpuinfo))
+    res = run([ROOT / "runner", "-n", "1", "--dtype", "bfloat16"])
+    assert res.returncode == 2 and res.stderr.strip() == (
+        "runner: error: --dtype bfloat16 needs a CPU with AVX512_BF16 or AMX-BF16 (none in /proc/cpuinfo here; "
+        "oneDNN would emulate it, slower than float32); use --dtype float32")
+    res = run([PY, ROOT / "train.py", "--dtype", "bfloat16", *SYNTH])
+    assert res.returncode == 2 and "needs a CPU with AVX512_BF16" in res.stderr
+    monkeypatch.delenv("RN50_CPUINFO")
+    res = run([ROOT / "runner", "-n", "1", "--dtype", "bfloat16", "--dry-run", "--assume-gpus", "1"])
+    assert res.returncode == 2 and "--dtype bfloat16 is for CPU devices" in res.stderr
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has neither AVX512_BF16 nor AMX-BF16")
+def test_bf16_trains_scores_and_reports_its_dtype(tmp_path):
+    report = tmp_path / "r.json"
+    run([ROOT / "runner", "-n", "1", "-b", "8", "-e", "1", "--benchmark-iters", "3", "--dtype", "bfloat16",
+         "--no-val", "--report", report, "--model-prefix", tmp_path / "m", *SYNTH], check=True)
+    r = json.loads(report.read_text())
+    assert r["dtype"] == "bfloat16" and r["status"] == "completed" and np.isfinite(r["metrics"]["train.loss"][0])
+    saved, arg, _ = mx.model.load_checkpoint(str(tmp_path / "m"), 1)
+    assert {v.dtype for v in arg.values()} == {np.float32}  # fp32 master weights in the checkpoint
+    assert ops(saved, "amp_cast") == []  # MXNet saves the graph without the casts: a float32 graph
+    res = run([ROOT / "runner", "-n", "1", "-b", "8", "-e", "1", "--benchmark-iters", "2", "--dtype", "bfloat16",
+               "--only-inference", "--model-prefix", tmp_path / "m", "--load-epoch", "1", *SYNTH], check=True)
+    assert "Score[0]: top-1" in res.stderr
+
+
+def test_static_loss_scaling_gives_the_same_weights(tmp_path):
+    """A power-of-two loss scale multiplies every gradient exactly and the update divides it out exactly."""
+    params = []
+    for scale in ("1", "128"):
+        prefix = tmp_path / f"s{scale}"
+        run([ROOT / "runner", "-n", "1", "-b", "4", "-e", "1", "--benchmark-iters", "3", "--no-val", "--seed", "0",
+             "--loss-scale", scale, "--model-prefix", prefix, *SYNTH], check=True)
+        params.append(mx.nd.load(f"{prefix}-0001.params"))
+    assert params[0].keys() == params[1].keys()
+    for k in params[0]:
+        np.testing.assert_array_equal(params[0][k].asnumpy(), params[1][k].asnumpy(), err_msg=k)
+    moved = mx.nd.load(f"{tmp_path / 's1'}-0001.params")["arg:fc_weight"].asnumpy()
+    assert np.abs(moved).sum() > 0
