@@ -260,7 +260,8 @@ def tables(summary: dict) -> str:
         for n in ns:
             out[-1] += f"\n| {n} | " + " | ".join(_fmt(m[str(n)][str(b)][ips]) for b in bss) + " |"
         if summary["mode"] == "inference":
-            lat = "| devices | bs | img/s | avg ms | p50 | p90 | p95 | p99 | p100 |\n|---|---|---|---|---|---|---|---|---|"
+            lat = ("| devices | bs | img/s | avg ms | p50 | p90 | p95 | p99 | p100 |\n"
+                   "|---|---|---|---|---|---|---|---|---|")
             for n in ns:
                 for b in bss:
                     c = m[str(n)][str(b)]
@@ -300,6 +301,8 @@ def plot(summary: dict, path: Path) -> None:
             ys = [w[str(n)][str(x)] for n in ns]
             b.plot(ns, [float("nan") if y is None else y for y in ys], marker="o", label=f"{name}, bs {x}")
     b.plot(ns, ns, ls="--", color="grey", label="ideal")
+    a.set_xticks(bss)
+    b.set_xticks(ns)
     a.set(xlabel="batch size per device", ylabel="img/s", title=f"{ips} by batch size")
     b.set(xlabel="devices", ylabel="weak scaling", title="weak scaling (vs 1 device)")
     for ax in (a, b):

@@ -12,8 +12,8 @@ from conftest import PY, ROOT, run
 README = (ROOT / "README.md").read_text()
 COMMANDS = [line.strip() for block in re.findall(r"```bash\n(.*?)```", README, re.S)
             for line in block.splitlines() if line.strip() and not line.startswith("#")]
-# Flags of other programs the README mentions by name (im2rec.py's, NVIDIA's --test-io).
-EXTERNAL_FLAGS = {"--list", "--recursive", "--pass-through", "--test-io"}
+# Flags of other programs the README mentions by name (im2rec.py's, NVIDIA's --test-io, docker's).
+EXTERNAL_FLAGS = {"--list", "--recursive", "--pass-through", "--test-io", "--rm", "--ipc", "--build-arg"}
 
 
 def runner_parser():
@@ -30,11 +30,13 @@ def runner_parser():
 def all_parser_flags() -> set[str]:
     import data
     import train
-    from tools import bench_data, bench_train, make_demo_data, plot_report, prepare_dataset
+    import benchmark
+    from tools import bench_data, bench_infer, bench_train, make_demo_data, plot_report, prepare_dataset
 
     flags = set()
     for parser in (data.build_parser(), prepare_dataset.build_parser(), make_demo_data.build_parser(),
                    bench_data.build_parser(), bench_train.build_parser(), plot_report.build_parser(),
+                   benchmark.build_parser(), bench_infer.build_parser(),
                    train.build_parser(), runner_parser()):
         for action in parser._actions:
             flags.update(s for s in action.option_strings if s.startswith("--"))
@@ -106,11 +108,57 @@ def _make_bench_data(cmd, ctx):
 def _make_bench(cmd, ctx):
     tmp = ctx["tmp"]
     res = run(shlex.split(cmd) + [f"BENCH_TRAIN_ARGS=--repeats 1 -i 2 --image-size 32 -b 4 -o {tmp}/t.json",
-                                  f"BENCH_DATA_ARGS=--images 32 --iters 2 --repeats 1 -b 8 -o {tmp}/d.json"],
+                                  f"BENCH_DATA_ARGS=--images 32 --iters 2 --repeats 1 -b 8 -o {tmp}/d.json",
+                                  f"BENCH_INFER_ARGS=--repeats 1 -i 2 --image-size 32 -b 1 -o {tmp}/i.json"],
               check=True)
     assert "| runner -n 1 (symbolic Module) |" in res.stdout and "| Gluon ResNet-50 v1.5, hybridized |" in res.stdout
     assert json.loads((tmp / "t.json").read_text())["gluon_params"]["Gluon ResNet-50 v1.5, hybridized"] == 25557032
     assert "| dali-cpu |" in res.stdout
+    assert "| 1 | Gluon ResNet-50 v1.5, hybridized (MKLDNN backend) |" in res.stdout
+
+
+def _make_bench_infer(cmd, ctx):
+    out = ctx["tmp"] / "infer.json"
+    res = run(shlex.split(cmd) + [f"BENCH_INFER_ARGS=--repeats 1 -i 3 --image-size 32 -b 1,2 -o {out}"], check=True)
+    assert "| 2 | runner, MXNET_SUBGRAPH_BACKEND=NONE |" in res.stdout
+    assert set(json.loads(out.read_text())["median"]) == {"1", "2"}
+
+
+def _make_bench_train(cmd, ctx):
+    out = ctx["tmp"] / "train.json"
+    res = run(shlex.split(cmd) + [f"BENCH_TRAIN_ARGS=--repeats 1 -i 2 --image-size 32 -b 4 -o {out}"], check=True)
+    assert "| runner -n 2 (2 CPU devices) |" in res.stdout
+
+
+def _benchmark(cmd, ctx):
+    """The README's sweep, at 32 px and 2 iterations per epoch so that it stays quick (later flags win)."""
+    out = ctx["tmp"] / "out.json"
+    argv = shlex.split(cmd.replace("python", PY, 1).replace("out.json", str(out)))
+    res = run(argv + ["-i", "2", "--image-shape", "3,32,32", "--num-classes", "10"], check=True, timeout=900)
+    s = json.loads(out.read_text())
+    assert s["errors"] == {"default": {}} and out.with_suffix(".png").is_file() and "weak scaling" in res.stdout
+
+
+def _example(cmd, ctx):
+    """examples/ scripts: with --dry-run as written; otherwise for real, with tiny settings appended."""
+    argv = shlex.split(cmd.replace("data/demo", str(ctx["demo_root"])))
+    script, tmp = ROOT / argv[0], ctx["tmp"]
+    tiny = ["--image-shape", "3,32,32", "--num-classes", "10"]
+    if "--dry-run" in argv:
+        res = run([script, *argv[1:]], check=True)
+        assert "train.py" in res.stdout or "runner" in res.stdout
+    elif "SCORE" in script.name:
+        runs = RUNS.get("dir")
+        assert runs is not None, "the README's training commands come before the scoring example"
+        res = run([script, *[a.replace("runs/quick", str(runs)) for a in argv[1:]]], check=True, timeout=900)
+        assert "Score[0]: top-1" in res.stderr
+    elif "BENCHMARK" in script.name:
+        res = run([script, *argv[1:], "-b", "2", "-i", "2", "-o", tmp / "b.json", *tiny], check=True, timeout=900)
+        assert json.loads((tmp / "b.json").read_text())["errors"] == {"float32": {}}
+    else:
+        res = run([script, *argv[1:], "-e", "1", "--benchmark-iters", "2", "--no-val", "--model-prefix", tmp / "m"],
+                  check=True, timeout=900)
+        assert (tmp / "m-0001.params").is_file()
 
 
 RUNS = {}
@@ -160,6 +208,10 @@ HANDLERS = {
     "make install-gpu": _make_install_gpu,
     "make bench-data": _make_bench_data,
     "make bench": _make_bench,
+    "make bench-infer": _make_bench_infer,
+    "make bench-train": _make_bench_train,
+    "python benchmark.py": _benchmark,
+    "examples/": _example,
     "./runner": _runner,
     "python tools/plot_report.py": _plot,
     "python train.py": _train_help,
@@ -171,7 +223,7 @@ HANDLERS = {
 
 def handler_for(cmd):
     for prefix, fn in HANDLERS.items():
-        if cmd == prefix or cmd.startswith(prefix + " "):
+        if cmd == prefix or cmd.startswith(prefix + " ") or (prefix.endswith("/") and cmd.startswith(prefix)):
             return fn
     return None
 

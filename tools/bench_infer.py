@@ -14,7 +14,7 @@ Every candidate times each batch the same way (wall time with ``mx.nd.waitall()`
 iterations left out by ``fit.warmup_iters``). Each round runs every candidate once per batch size, in an order
 rotated from round to round; medians over rounds are reported.
 
-    python tools/bench_infer.py          # what `make bench-infer` runs
+    python tools/bench_infer.py          # what `make bench-infer` runs (and `make bench`)
 """
 from __future__ import annotations
 
@@ -33,24 +33,27 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import Parser, available_cores, int_list, run_main, write_json  # noqa: E402
+from common import Parser, available_cores, cpu_bf16_flags, int_list, run_main, write_json  # noqa: E402
 
 PCTS = (50, 90, 99)
 
 
 def gluon_worker(batch: int, size: int, iters: int, dtype: str) -> dict:
+    from common import enable_amx
+
+    enable_amx()  # the same oneDNN settings as the toolkit's processes
     import mxnet as mx
 
     from fit import warmup_iters
     from tools.gluon_resnet import ResNet50V15
 
     ctx = mx.cpu()
-    net = ResNet50V15()
-    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctx)
     if dtype == "bfloat16":
         from mxnet.contrib import amp
 
-        net = amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=ctx)
+        amp.init(target_dtype="bfloat16")  # before the net is built: AMP wraps the operators it calls
+    net = ResNet50V15()
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True, backend="MKLDNN")
     data = mx.nd.random.uniform(-1, 1, (batch, 3, size, size), ctx=ctx)
     times = []
@@ -98,9 +101,12 @@ def build_parser() -> Parser:
     p = Parser(prog="bench_infer.py", description="CPU inference img/s and latency: the toolkit against Gluon.")
     p.add_argument("-b", "--batch-sizes", type=int_list, default=[1, 32], help="batch sizes")
     p.add_argument("--image-size", type=int, default=224, help="input side, px")
-    p.add_argument("-i", "--iters", type=int, default=20, help="batches per measurement (warmup left out)")
+    p.add_argument("-i", "--iters", type=int, default=20,
+                   help="batches per measurement, at least 256 / batch size (warmup left out)")
     p.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=bool(cpu_bf16_flags()),
+                   help="also time bfloat16 scoring (default: when the CPU has AVX512_BF16 or AMX-BF16)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=argparse.SUPPRESS)
     p.add_argument("-o", "--output", type=Path, default=Path("bench-out/infer.json"), help="JSON with raw numbers")
     p.add_argument("--gluon-worker", action="store_true", help=argparse.SUPPRESS)
     return p
@@ -115,34 +121,44 @@ def main(argv=None) -> int:
 
     candidates = {
         "runner --only-inference (oneDNN subgraph)":
-            lambda b, tmp: run_ours(b, args.image_size, args.iters, tmp, args.dtype, subgraph=True),
+            lambda b, it, tmp: run_ours(b, args.image_size, it, tmp, "float32", subgraph=True),
         "runner, MXNET_SUBGRAPH_BACKEND=NONE":
-            lambda b, tmp: run_ours(b, args.image_size, args.iters, tmp, args.dtype, subgraph=False),
+            lambda b, it, tmp: run_ours(b, args.image_size, it, tmp, "float32", subgraph=False),
         "Gluon ResNet-50 v1.5, hybridized (MKLDNN backend)":
-            lambda b, tmp: run_gluon(b, args.image_size, args.iters, args.dtype),
+            lambda b, it, tmp: run_gluon(b, args.image_size, it, "float32"),
     }
+    if args.bf16:
+        candidates["runner --only-inference --dtype bfloat16"] = \
+            lambda b, it, tmp: run_ours(b, args.image_size, it, tmp, "bfloat16", subgraph=True)
+        candidates["Gluon ResNet-50 v1.5, AMP bfloat16 (MKLDNN backend)"] = \
+            lambda b, it, tmp: run_gluon(b, args.image_size, it, "bfloat16")
     names = list(candidates)
     raw = {str(b): {n: [] for n in names} for b in args.batch_sizes}
     with tempfile.TemporaryDirectory(prefix="bench_infer.") as tmp:
         for r in range(args.repeats):
             for b in args.batch_sizes:
                 for name in names[r % len(names):] + names[:r % len(names)]:
-                    raw[str(b)][name].append(candidates[name](b, Path(tmp)))
+                    raw[str(b)][name].append(candidates[name](b, max(args.iters, 256 // b), Path(tmp)))
     med = {b: {n: {k: statistics.median(x[k] for x in runs) for k in runs[0]} for n, runs in by.items()}
            for b, by in raw.items()}
     env = {"cores": available_cores(), "omp_num_threads": available_cores(), "mxnet": mx.__version__,
-           "image_size": args.image_size, "iters": args.iters, "repeats": args.repeats, "dtype": args.dtype}
+           "image_size": args.image_size, "iters": args.iters, "repeats": args.repeats,
+           "bf16_cpu_flags": cpu_bf16_flags()}
     write_json(args.output, {"env": env, "raw": raw, "median": med})
-    print(f"ResNet-50 v1.5 inference, {args.dtype}, {args.image_size} px, synthetic data, {env['cores']} cores; "
-          f"medians of {args.repeats} rounds of {args.iters} batches")
+    print(f"ResNet-50 v1.5 inference, {args.image_size} px, synthetic data, {env['cores']} cores; "
+          f"medians of {args.repeats} rounds of max({args.iters}, 256 / batch) batches")
     print()
-    print("| batch | candidate | img/s | vs Gluon | latency avg ms | p50 | p90 | p99 |")
+    print("| batch | candidate | img/s | vs Gluon float32 | latency avg ms | p50 | p90 | p99 |")
     print("|---|---|---|---|---|---|---|---|")
     for b, by in med.items():
         base = by[names[2]]["img_per_s"]
         for name, m in by.items():
             print(f"| {b} | {name} | {m['img_per_s']:.1f} | {m['img_per_s'] / base:.2f}x | "
                   f"{m['latency_ms_avg']:.1f} | " + " | ".join(f"{m[f'latency_ms_p{p}']:.1f}" for p in PCTS) + " |")
+    if args.bf16:
+        for b, by in med.items():
+            r = by["runner --only-inference --dtype bfloat16"]["img_per_s"] / by[names[0]]["img_per_s"]
+            print(f"bfloat16 / float32 scoring, batch {b}: {r:.2f}x")
     print(f"\nraw numbers: {args.output}")
     return 0
 

@@ -31,18 +31,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import Parser, available_cores, run_main, write_json  # noqa: E402
+from common import Parser, available_cores, cpu_bf16_flags, run_main, write_json  # noqa: E402
 
 
 def gluon_worker(kind: str, batch: int, size: int, iters: int) -> dict:
-    """Train ``kind`` ("v1.5" or "zoo-v1") for ``iters`` iterations on one synthetic batch; return img/s."""
+    """Train ``kind`` ("v1.5", "zoo-v1", or "v1.5-bf16": under MXNet's AMP with bfloat16) for ``iters`` iterations
+    on one synthetic batch; return img/s."""
+    from common import enable_amx
+
+    enable_amx()  # the same oneDNN settings as the toolkit's processes
     import mxnet as mx
     from mxnet import autograd, gluon
 
     from tools.gluon_resnet import ResNet50V15
 
     ctx = mx.cpu()
-    net = ResNet50V15() if kind == "v1.5" else gluon.model_zoo.vision.resnet50_v1()
+    if kind == "v1.5-bf16":
+        from mxnet.contrib import amp
+
+        amp.init(target_dtype="bfloat16")  # before the net is built: AMP wraps the operators it calls
+    net = ResNet50V15() if kind.startswith("v1.5") else gluon.model_zoo.vision.resnet50_v1()
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctx)
     net.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1 * batch / 256, "momentum": 0.9,
@@ -66,11 +74,11 @@ def gluon_worker(kind: str, batch: int, size: int, iters: int) -> dict:
     return {"img_per_s": batch * len(kept) / sum(kept), "params": params}
 
 
-def run_ours(n: int, batch: int, size: int, iters: int, tmp: Path) -> dict:
+def run_ours(n: int, batch: int, size: int, iters: int, tmp: Path, dtype: str = "float32") -> dict:
     report = tmp / f"ours-{n}-{time.monotonic_ns()}.json"
     cmd = [str(ROOT / "runner"), "-n", str(n), "-b", str(batch // n), "-e", "1", "--data-backend", "synthetic",
            "--image-shape", f"3,{size},{size}", "--benchmark-iters", str(iters), "--no-val", "--no-metrics",
-           "--report", str(report)]
+           "--dtype", dtype, "--report", str(report)]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = json.loads(report.read_text())
     return {"img_per_s": r["metrics"]["train.total_ips"][0]}
@@ -87,10 +95,13 @@ def build_parser() -> Parser:
     p = Parser(prog="bench_train.py", description="CPU training img/s: the toolkit against a Gluon v1.5 loop.")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="global batch")
     p.add_argument("--image-size", type=int, default=224, help="input side, px")
-    p.add_argument("-i", "--iters", type=int, default=12, help="iterations per measurement (the first max(1, iters // 10) left out)")
+    p.add_argument("-i", "--iters", type=int, default=12,
+                   help="iterations per measurement (the first max(1, iters // 10) left out)")
     p.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
     p.add_argument("-o", "--output", type=Path, default=Path("bench-out/train.json"), help="JSON with raw numbers")
-    p.add_argument("--gluon-worker", choices=("v1.5", "zoo-v1"), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=bool(cpu_bf16_flags()),
+                   help="also time bfloat16 training (default: when the CPU has AVX512_BF16 or AMX-BF16)")
+    p.add_argument("--gluon-worker", choices=("v1.5", "zoo-v1", "v1.5-bf16"), default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -109,6 +120,11 @@ def main(argv=None) -> int:
         "Gluon model zoo resnet50_v1 (reference: v1)": lambda tmp: run_gluon("zoo-v1", args.batch_size,
                                                                               args.image_size, args.iters),
     }
+    if args.bf16:
+        candidates["runner -n 1 --dtype bfloat16"] = lambda tmp: run_ours(1, args.batch_size, args.image_size,
+                                                                          args.iters, tmp, "bfloat16")
+        candidates["Gluon ResNet-50 v1.5 under AMP bfloat16"] = lambda tmp: run_gluon(
+            "v1.5-bf16", args.batch_size, args.image_size, args.iters)
     results = {name: [] for name in candidates}
     params = {}
     with tempfile.TemporaryDirectory(prefix="bench_train.") as tmp:
@@ -123,15 +139,18 @@ def main(argv=None) -> int:
     base = med["Gluon ResNet-50 v1.5, hybridized"]
     env = {"cores": available_cores(), "omp_num_threads": available_cores(), "mxnet": mx.__version__,
            "batch_size": args.batch_size, "image_size": args.image_size, "iters": args.iters,
-           "repeats": args.repeats, "dtype": "float32"}
+           "repeats": args.repeats, "dtype": "float32", "bf16_cpu_flags": cpu_bf16_flags()}
     write_json(args.output, {"env": env, "img_per_s": results, "median": med, "gluon_params": params})
-    print(f"ResNet-50 training, float32, batch {args.batch_size}, {args.image_size} px, synthetic data, "
+    print(f"ResNet-50 training, batch {args.batch_size}, {args.image_size} px, synthetic data, "
           f"{env['cores']} cores; medians of {args.repeats} rounds of {args.iters} iterations")
     print()
     print("| candidate | img/s (median) | runs | vs Gluon v1.5 |")
     print("|---|---|---|---|")
     for name, v in results.items():
         print(f"| {name} | {med[name]:.2f} | {', '.join(f'{x:.2f}' for x in v)} | {med[name] / base:.2f}x |")
+    if args.bf16:
+        ratio = med["runner -n 1 --dtype bfloat16"] / med["runner -n 1 (symbolic Module)"]
+        print(f"\nbfloat16 / float32, runner -n 1: {ratio:.2f}x (same run)")
     print(f"\nraw numbers: {args.output}")
     return 0
 

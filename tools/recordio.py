@@ -117,8 +117,8 @@ def read_index(idx_path: os.PathLike | str) -> list[tuple[int, int]]:
 def check_index_matches(rec_path: os.PathLike | str, idx_path: os.PathLike | str, samples: int = 64) -> int:
     """Check that ``idx_path`` indexes ``rec_path``; return the number of records.
 
-    Offsets must be distinct, start at 0 and stay inside the file, records at up to ``samples`` evenly spaced entries (first and
-    last included) must parse, and the last record must end exactly at the end of the ``.rec`` (a truncated or
+    Offsets must be distinct, start at 0 and stay inside the file, records at up to ``samples`` evenly spaced
+    entries (first and last included) must parse, and the last record must end exactly at the end of the ``.rec`` (a truncated or
     appended-to file fails). Raises ValueError with the reason.
     """
     pairs = read_index(idx_path)
