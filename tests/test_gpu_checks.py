@@ -1,6 +1,7 @@
 """The GPU path's checks before any work (gpu.py), simulated without a GPU: each prints one line, exit status 2."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -88,3 +89,41 @@ def test_fp16_without_gpu_is_one_line():
 def test_this_machines_gpus_are_read():
     gpus = gpu.visible_gpus()
     assert gpus and all(g.sm >= 50 for g in gpus)
+
+
+def _gpu_ready():
+    """Skip unless the installed MXNet can run on this machine's GPU (a GPU build, libraries found, kernels for it)."""
+    build = gpu.read_build()
+    if not build.cuda:
+        pytest.skip("the installed MXNet is a CPU build (make install-gpu installs mxnet-cu112)")
+    problem = gpu.check(1, build)
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_gpu_training_iterations_and_scoring_on_dali_gpu(dtype, tmp_path, demo_root):
+    """What a V100/A100 user runs: 2 training iterations on dali-gpu in FP16 and FP32, then scoring."""
+    _gpu_ready()
+    prefix, report = tmp_path / "m", tmp_path / "r.json"
+    run([ROOT / "runner", "-n", "1", "-b", "16", "-e", "1", "--dtype", dtype, "--data-root", demo_root,
+         "--data-backend", "dali-gpu", "--image-shape", f"{4 if dtype == 'float16' else 3},32,32",
+         "--num-classes", "10", "--benchmark-iters", "2", "--model-prefix", prefix, "--report", report], check=True)
+    r = json.loads(report.read_text())
+    assert r["status"] == "completed" and r["device"]["type"] == "gpu" and r["dtype"] == dtype
+    res = run([ROOT / "runner", "-n", "1", "-b", "16", "-e", "1", "--dtype", dtype, "--data-root", demo_root,
+               "--num-classes", "10", "--image-shape", f"{4 if dtype == 'float16' else 3},32,32", "--only-inference",
+               "--model-prefix", prefix, "--load-epoch", "1"], check=True)
+    assert "Score[0]: top-1" in res.stderr
+
+
+@pytest.mark.gpu
+def test_gpu_benchmark_sweep(tmp_path):
+    _gpu_ready()
+    out = tmp_path / "s.json"
+    run([PY, ROOT / "benchmark.py", "-n", "1", "-b", "16,32", "-i", "5", "-e", "2", "-w", "1", "--data-backend",
+         "synthetic", "-o", out], check=True, timeout=900)
+    s = json.loads(out.read_text())
+    assert s["env"]["device"]["type"] == "gpu"
+    assert all(s["metrics"]["1"][b]["train.total_ips"] > 0 for b in ("16", "32"))
