@@ -23,7 +23,7 @@ def one_line_error(res, prog="runner"):
 
 def test_fatbin_architectures_of_a_real_cuda_library():
     """DALI's CUDA kernels library: machine code for sm_50-90, as cuobjdump lists it; libdali.so also has sm_90
-    PTX. (On a lent H100 the same parser matched cuobjdump on six CUDA libraries of other packages.)"""
+    PTX. (On an H100 machine the same parser matched cuobjdump on six CUDA libraries of other packages.)"""
     assert gpu.fatbin_archs(DALI / "libdali_kernels.so") == ((50, 60, 70, 80, 90), ())
     assert gpu.fatbin_archs(DALI / "libdali.so") == ((50, 60, 70, 80, 90), (90,))
     assert "libstdc++.so.6" in gpu.needed_libs(DALI / "libdali_kernels.so")
