@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -472,39 +471,6 @@ def _log_epoch(epoch, train, val):
     log.info(" ".join(parts))
 
 
-class CachedScorer:
-    """Scores with the symbol's graph through Gluon's CachedOp (static memory and shapes), one copy per device.
-
-    The symbol is the same; only the executor differs: on CPU, MXNet's CachedOp runs the oneDNN-partitioned
-    ResNet-50 2-4% faster than Module's GraphExecutor (batch 32: 922 against 939-957 ms per batch, bare loops,
-    same process settings), and it takes each batch without copying it in. Offers the part of Module's interface
-    that ``run_epoch`` uses (``forward``, ``get_outputs``)."""
-
-    def __init__(self, sym: mx.sym.Symbol, contexts, arg: dict, aux: dict, backend: str | None):
-        head = sym.get_children()[0]  # SoftmaxOutput's input: the (fp32) logits
-        out = mx.sym.softmax(head, axis=-1)
-        data = [v for v in sym.list_inputs() if v == "data"]
-        self.nets = []
-        for ctx in contexts:
-            net = mx.gluon.SymbolBlock(out, [mx.sym.var(n) for n in data])
-            params = net.collect_params()
-            for name, p in params.items():
-                value = arg.get(name, aux.get(name))
-                if value is None:
-                    raise ValueError(f"no value for parameter {name}")
-                p._load_init(value.as_in_context(ctx), ctx)
-            net.hybridize(static_alloc=True, static_shape=True, **({"backend": backend} if backend else {}))
-            self.nets.append(net)
-        self._outputs = []
-
-    def forward(self, batch, is_train=False):
-        batches = batch if isinstance(batch, list) else [batch]
-        self._outputs = [net(b.data[0]) for net, b in zip(self.nets, batches)]
-
-    def get_outputs(self, merge_multi_context=True):
-        return [self._outputs]
-
-
 def score(cfg: FitConfig, sym, contexts, val_it, report, initializer, global_batch: int) -> int:
     """``--only-inference``: --num-epochs passes over the val set with a checkpoint's (or random) weights."""
     if val_it is None:
@@ -516,9 +482,6 @@ def score(cfg: FitConfig, sym, contexts, val_it, report, initializer, global_bat
     else:
         log.warning("no --load-epoch: scoring random weights (throughput only)")
         mod.init_params(initializer)
-    if contexts[0].device_type == "cpu" and os.environ.get("MXNET_SUBGRAPH_BACKEND", "MKLDNN") != "NONE":
-        arg, aux = mod.get_params()
-        mod = CachedScorer(sym, contexts, arg, aux, backend="MKLDNN")
     with StopFlag() as stop:
         for rep in range(cfg.num_epochs):
             meter = Meter(not cfg.no_metrics)
