@@ -121,6 +121,7 @@ def _make_bench_infer(cmd, ctx):
     out = ctx["tmp"] / "infer.json"
     res = run(shlex.split(cmd) + [f"BENCH_INFER_ARGS=--repeats 1 -i 3 --image-size 32 -b 1,2 -o {out}"], check=True)
     assert "| 2 | runner, MXNET_SUBGRAPH_BACKEND=NONE |" in res.stdout
+    assert "| 2 | Gluon, the same with the runner's malloc settings |" in res.stdout
     assert set(json.loads(out.read_text())["median"]) == {"1", "2"}
 
 

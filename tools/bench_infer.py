@@ -8,7 +8,10 @@ ResNet-50 v1.5 at 224 px):
 * ``runner --only-inference``: the toolkit's scoring path (symbolic Module, oneDNN subgraph fusion of conv +
   batchnorm + relu (+ add), MXNet's default on CPU), img/s and latencies from its report;
 * the same with ``MXNET_SUBGRAPH_BACKEND=NONE``: the plain symbolic executor, no fusion;
-* ``gluon v1.5``: ``tools/gluon_resnet.py`` hybridized with ``backend="MKLDNN"`` (static_alloc/static_shape).
+* ``gluon v1.5``: ``tools/gluon_resnet.py`` hybridized with ``backend="MKLDNN"`` (static_alloc/static_shape), in
+  the environment a Gluon user has (MXNet's defaults, OpenMP threads = the cores);
+* the same Gluon net given the runner's allocator settings (``common.MALLOC_ENV``), to show what part of the
+  difference they are.
 
 Every candidate times each batch the same way (wall time with ``mx.nd.waitall()`` as the sync point, the first
 iterations left out by ``fit.warmup_iters``). Each round runs every candidate once per batch size, in an order
@@ -33,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import Parser, available_cores, cpu_bf16_flags, int_list, run_main, write_json  # noqa: E402
+from common import MALLOC_ENV, Parser, available_cores, cpu_bf16_flags, int_list, run_main, write_json  # noqa: E402
 
 PCTS = (50, 90, 99)
 
@@ -80,6 +83,8 @@ def run_ours(batch: int, size: int, iters: int, tmp: Path, dtype: str, subgraph:
            "--dtype", dtype, "--report", str(report)]
     env = dict(os.environ)
     env.pop("MXNET_SUBGRAPH_BACKEND", None)
+    for k in MALLOC_ENV:  # the runner's own settings apply
+        env.pop(k, None)
     if not subgraph:
         env["MXNET_SUBGRAPH_BACKEND"] = "NONE"
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -89,8 +94,12 @@ def run_ours(batch: int, size: int, iters: int, tmp: Path, dtype: str, subgraph:
     return out
 
 
-def run_gluon(batch: int, size: int, iters: int, dtype: str) -> dict:
+def run_gluon(batch: int, size: int, iters: int, dtype: str, malloc: bool = False) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(available_cores()))
+    for k in MALLOC_ENV:
+        env.pop(k, None)
+    if malloc:
+        env.update(MALLOC_ENV)
     out = subprocess.run([sys.executable, __file__, "--gluon-worker", "-b", str(batch), "--image-size", str(size),
                           "-i", str(iters), "--dtype", dtype], check=True, cwd=ROOT, env=env, capture_output=True,
                          text=True)
@@ -126,6 +135,8 @@ def main(argv=None) -> int:
             lambda b, it, tmp: run_ours(b, args.image_size, it, tmp, "float32", subgraph=False),
         "Gluon ResNet-50 v1.5, hybridized (MKLDNN backend)":
             lambda b, it, tmp: run_gluon(b, args.image_size, it, "float32"),
+        "Gluon, the same with the runner's malloc settings":
+            lambda b, it, tmp: run_gluon(b, args.image_size, it, "float32", malloc=True),
     }
     if args.bf16:
         candidates["runner --only-inference --dtype bfloat16"] = \
