@@ -13,7 +13,9 @@ that it can:
   report, and exit 128+signal saying how to resume; ``--load-epoch`` resumes it at the same iteration with the same
   optimizer state and LR step, so the weights equal those of an uninterrupted run (given the same data order);
 * stop on a NaN or infinite loss without writing a checkpoint, so the last good one stays;
-* write every file atomically (temporary name, then rename).
+* write every file atomically (temporary name, then rename);
+* scale the loss dynamically (``--amp``): MXNet's AMP loss scaler works with Gluon's ``Trainer`` only, so the
+  Module path has its own with the same policy (``DynamicLossScaler``).
 
 Checkpoints are MXNet's own format, ``<prefix>-symbol.json`` and ``<prefix>-NNNN.params`` (``mx.model.
 load_checkpoint`` reads them; NNNN = epochs done), plus ``<prefix>-NNNN.states`` (optimizer state) and
@@ -62,9 +64,16 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--mom", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--wd", type=float, default=1e-4, help="weight decay")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon (0: off)")
-    g.add_argument("--loss-scale", type=float, default=1.0,
+    g.add_argument("--loss-scale", type=float, default=None,
                    help="static loss scaling: the loss gradient is multiplied by this and the update divides it "
-                        "out (keeps small fp16 gradients from underflowing; a power of two, e.g. 128)")
+                        "out (keeps small fp16 gradients from underflowing; a power of two, e.g. 128; default 1); "
+                        "with --amp, the initial dynamic scale")
+    g.add_argument("--amp", action="store_true",
+                   help="dynamic loss scaling, MXNet AMP's policy: start at --loss-scale (65536 if not given), halve "
+                        "it and skip the update when a gradient is inf/NaN, double it after --amp-scale-window "
+                        "clean iterations (at most 2^24); meant for --dtype float16")
+    g.add_argument("--amp-scale-window", type=int, default=2000,
+                   help="with --amp: clean iterations before the loss scale is doubled")
     g.add_argument("--model-prefix", type=Path, default=None,
                    help="checkpoint prefix: <prefix>-symbol.json, <prefix>-NNNN.params (none written if unset)")
     g.add_argument("--save-period", type=int, default=1, help="checkpoint every N epochs (and at the last one)")
@@ -104,6 +113,19 @@ class FitConfig:
     only_inference: bool
     disp_batches: int
     loss_scale: float = 1.0
+    amp: bool = False
+    amp_scale_window: int = 2000
+
+
+AMP_INIT_SCALE = 2.0 ** 16  # MXNet AMP's LossScaler: initial scale, its ceiling, doubling period
+AMP_MAX_SCALE = 2.0 ** 24
+
+
+def initial_loss_scale(args) -> float:
+    """The static scale, or with --amp the first dynamic one."""
+    if args.loss_scale is not None:
+        return args.loss_scale
+    return AMP_INIT_SCALE if args.amp else 1.0
 
 
 def config_from_args(args) -> FitConfig:
@@ -117,8 +139,12 @@ def config_from_args(args) -> FitConfig:
         raise UsageError(f"--benchmark-iters {args.benchmark_iters}: must be at least 1")
     if not 0 <= args.label_smoothing < 1:
         raise UsageError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
-    if not args.loss_scale > 0:
+    if args.loss_scale is not None and not args.loss_scale > 0:
         raise UsageError(f"--loss-scale {args.loss_scale}: must be positive")
+    if args.amp and args.loss_scale is not None and args.loss_scale > AMP_MAX_SCALE:
+        raise UsageError(f"--loss-scale {args.loss_scale:g}: with --amp at most 2^24 (16777216), MXNet AMP's ceiling")
+    if args.amp_scale_window < 1:
+        raise UsageError(f"--amp-scale-window {args.amp_scale_window}: must be at least 1")
     if args.load_epoch is not None and args.model_prefix is None:
         raise UsageError("--load-epoch needs --model-prefix (the checkpoint's prefix)")
     return FitConfig(num_epochs=args.num_epochs, lr=args.lr, lr_schedule=args.lr_schedule, lr_factor=args.lr_factor,
@@ -126,7 +152,7 @@ def config_from_args(args) -> FitConfig:
                      wd=args.wd, batch_size=args.batch_size, kv_store=args.kv_store, model_prefix=args.model_prefix,
                      save_period=args.save_period, load_epoch=args.load_epoch, no_metrics=args.no_metrics,
                      no_val=args.no_val, only_inference=args.only_inference, disp_batches=args.disp_batches,
-                     loss_scale=args.loss_scale)
+                     loss_scale=initial_loss_scale(args), amp=args.amp, amp_scale_window=args.amp_scale_window)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -164,12 +190,13 @@ def checkpoint_paths(prefix: Path, epoch: int) -> dict:
 
 
 def save_checkpoint(mod: mx.mod.Module, sym: mx.sym.Symbol, prefix: Path, epoch: int, meta: dict) -> None:
-    """Write symbol, params, optimizer states, then the meta file (the last one marks the checkpoint complete)."""
+    """Write symbol, params, optimizer states, then the meta file (the last one marks the checkpoint complete).
+    ``sym`` is the model's symbol, without the ``--amp`` loss scaler of the training graph (nor its argument)."""
     paths = checkpoint_paths(prefix, epoch)
     with atomic_path(paths["symbol"]) as tmp:
         sym.save(str(tmp))
     arg, aux = mod.get_params()
-    blob = {f"arg:{k}": v for k, v in arg.items()}
+    blob = {f"arg:{k}": v for k, v in arg.items() if k != AMP_SCALE}
     blob.update({f"aux:{k}": v for k, v in aux.items()})
     with atomic_path(paths["params"]) as tmp:
         mx.nd.save(str(tmp), blob)
@@ -295,6 +322,87 @@ class StopFlag:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Dynamic loss scaling (--amp)
+
+AMP_SCALE = "amp_loss_scale"  # the runtime scale, a fixed (never updated, never saved) argument of the training graph
+
+
+def add_loss_scaler(sym: mx.sym.Symbol) -> mx.sym.Symbol:
+    """``sym`` (a ``SoftmaxOutput``) with the loss gradient multiplied by the value of the argument ``AMP_SCALE``.
+
+    ``SoftmaxOutput`` ignores head gradients and fixes its ``grad_scale`` when the graph is bound, so the scale
+    enters the graph just below it, on the fp32 logits ``x``: ``BlockGrad(x) + (x*s - BlockGrad(x*s))`` is ``x``
+    exactly in the forward pass (the two products are one node, so their difference is 0) and has gradient ``s``
+    with respect to ``x`` in the backward pass. Changing the scale is then a write into a bound array."""
+    logits, label = sym.get_children()[0], sym.get_children()[1]
+    scale = mx.sym.Variable(AMP_SCALE, shape=(1,), dtype="float32", init=mx.init.One())
+    z = mx.sym.broadcast_mul(logits, scale, name="amp_scaled_logits")
+    y = mx.sym.elemwise_add(mx.sym.BlockGrad(logits, name="amp_logits"),
+                            mx.sym.elemwise_sub(z, mx.sym.BlockGrad(z, name="amp_scaled_const"), name="amp_zero"),
+                            name="amp_logits_scaled_grad")
+    return mx.sym.SoftmaxOutput(y, label, name=sym.name, **sym.list_attr())
+
+
+class DynamicLossScaler:
+    """MXNet AMP's loss-scaling policy (``mxnet.contrib.amp.LossScaler``) for a Module: after every backward pass
+    all gradients on all devices are checked (``multi_all_finite``); on inf/NaN the update is skipped and the scale
+    halved (not below 1), otherwise after ``window`` clean iterations in a row it is doubled (at most 2^24). The
+    optimizer's ``rescale_grad`` divides the scale out again."""
+
+    def __init__(self, mod: mx.mod.Module, scale: float, window: int, batch: int):
+        self.mod, self.window, self.batch = mod, window, batch
+        self.clean = 0
+        self.skipped = 0
+        self._flags = {}
+        self.scale = None
+        self.set(scale)
+
+    def set(self, scale: float) -> None:
+        self.scale = float(scale)
+        for ex in self.mod._exec_group.execs:
+            ex.arg_dict[AMP_SCALE][:] = self.scale
+        if self.mod.optimizer_initialized:
+            self.mod._optimizer.rescale_grad = 1.0 / (self.batch * self.scale)
+
+    def grads_finite(self) -> bool:
+        by_ctx = {}
+        for per_device in self.mod._exec_group.grad_arrays:
+            for g in per_device:
+                if g is not None:
+                    by_ctx.setdefault(g.context, []).append(g)
+        flags = []
+        for ctx, grads in by_ctx.items():
+            flag = self._flags.setdefault(ctx, mx.nd.ones((1,), ctx=ctx))
+            flag[:] = 1
+            for i in range(0, len(grads), 200):  # multi_all_finite takes at most a few hundred arrays
+                chunk = grads[i:i + 200]
+                mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False, out=flag)
+            flags.append(flag)
+        return all(f.asscalar() == 1 for f in flags)
+
+    def step(self, update) -> bool:
+        """After the backward pass: call ``update`` unless a gradient is inf/NaN, then adjust the scale for the
+        next iteration (after the update, which divides out the scale these gradients were made with). Returns
+        whether the update was applied."""
+        if not self.grads_finite():
+            self.skipped += 1
+            self.clean = 0
+            new = max(1.0, self.scale / 2)
+            log.info("AMP: inf/NaN gradients, update skipped; loss scale %g -> %g", self.scale, new)
+            self.set(new)
+            return False
+        update()
+        self.clean += 1
+        if self.clean == self.window:
+            self.clean = 0
+            new = min(AMP_MAX_SCALE, self.scale * 2)
+            if new != self.scale:
+                log.info("AMP: %d clean iterations; loss scale %g -> %g", self.window, self.scale, new)
+                self.set(new)
+        return True
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # The loops
 
 
@@ -306,7 +414,7 @@ def _next(it):
 
 
 def run_epoch(mod, it, meter: Meter, train: bool, stop: StopFlag | None = None, schedule: Schedule | None = None,
-              on_iter=None, skip: int = 0) -> str:
+              on_iter=None, skip: int = 0, scaler: DynamicLossScaler | None = None) -> str:
     """One pass over ``it`` (training when ``train``). Returns "done", "stopped" (signal) or "diverged"."""
     for _ in range(skip):  # a resumed partial epoch: pass over the batches it had already trained on
         if _next(it) is None:
@@ -322,7 +430,10 @@ def run_epoch(mod, it, meter: Meter, train: bool, stop: StopFlag | None = None, 
         feed = batches[0] if len(batches) == 1 else batches
         if train:
             mod.forward_backward(feed)
-            mod.update()
+            if scaler is None:
+                mod.update()
+            else:
+                scaler.step(mod.update)
             schedule.step += 1
         else:
             mod.forward(feed, is_train=False)
@@ -364,7 +475,9 @@ def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_d
 
 
 def create_module(sym, contexts, train_it, for_training: bool) -> mx.mod.Module:
-    mod = mx.mod.Module(sym, context=list(contexts), data_names=["data"], label_names=["softmax_label"])
+    fixed = [AMP_SCALE] if AMP_SCALE in sym.list_arguments() else None
+    mod = mx.mod.Module(sym, context=list(contexts), data_names=["data"], label_names=["softmax_label"],
+                        fixed_param_names=fixed)
     mod.bind(data_shapes=train_it.provide_data, label_shapes=train_it.provide_label, for_training=for_training)
     return mod
 
@@ -377,13 +490,21 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it
         return score(cfg, sym, contexts, val_it, report, initializer, global_batch)
     ckpt = find_checkpoint(cfg.model_prefix, cfg.load_epoch) if cfg.load_epoch is not None else None
     iters_per_epoch = train_it.batches_per_epoch
-    mod = create_module(sym, contexts, train_it, for_training=True)
+    mod = create_module(add_loss_scaler(sym) if cfg.amp else sym, contexts, train_it, for_training=True)
     arg = aux = None
     if ckpt:
         arg, aux = load_params(ckpt["paths"]["params"])
-    mod.init_params(initializer, arg_params=arg, aux_params=aux, allow_missing=False)
+    if cfg.amp:  # the scale's value is set below; every other parameter comes from the checkpoint if there is one
+        arg = {**(arg or {}), AMP_SCALE: mx.nd.ones((1,))}
+    mod.init_params(initializer, arg_params=arg, aux_params=aux, allow_missing=cfg.amp and ckpt is None)
     schedule = Schedule(cfg, iters_per_epoch)
     init_optimizer(mod, cfg, schedule, len(contexts))
+    scaler = None
+    if cfg.amp:
+        start = cfg.loss_scale
+        if ckpt and "loss_scale" in ckpt["meta"]:
+            start = ckpt["meta"]["loss_scale"]
+        scaler = DynamicLossScaler(mod, start, cfg.amp_scale_window, mod.data_shapes[0].shape[0])
     begin_epoch, skip = 0, 0
     if ckpt:
         meta = ckpt["meta"]
@@ -402,13 +523,17 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it
         for epoch in range(begin_epoch, cfg.num_epochs):
             meter = Meter(not cfg.no_metrics)
             on_iter = _progress(epoch, iters_per_epoch, global_batch, cfg, schedule, meter)
-            state = run_epoch(mod, train_it, meter, True, stop, schedule, on_iter, skip)
+            skipped_before = scaler.skipped if scaler else 0
+            state = run_epoch(mod, train_it, meter, True, stop, schedule, on_iter, skip, scaler)
             if state == "done":
                 train_it.reset()  # iterators are reset after a finished epoch (DALI refuses a reset mid-epoch)
             batches_done = skip + len(meter.times)
             skip = 0
             train_stats = meter.summary(global_batch)
             train_stats["lr"] = schedule.lr_at(max(schedule.step - 1, 0))
+            if scaler:
+                train_stats["loss_scale"] = scaler.scale
+                train_stats["amp_skipped"] = scaler.skipped - skipped_before
             if state == "diverged":
                 report.add_epoch(epoch, train=train_stats)
                 report.save("diverged")
@@ -418,7 +543,8 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it
                 return EXIT_DIVERGED
             if state == "stopped":
                 report.add_epoch(epoch, train=train_stats)
-                return _interrupted(mod, sym, cfg, report, epoch, batches_done, schedule, stop.signum)
+                return _interrupted(mod, sym, cfg, report, epoch, batches_done, schedule, stop.signum,
+                                    scaler=scaler)
             val_stats = None
             if val_it is not None and not cfg.no_val:
                 vmeter = Meter(not cfg.no_metrics)
@@ -430,17 +556,20 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it
             done = epoch + 1
             if cfg.model_prefix is not None and (done % cfg.save_period == 0 or done == cfg.num_epochs):
                 save_checkpoint(mod, sym, cfg.model_prefix, done,
-                                {"epoch": done, "batch": 0, "partial": False, "step": schedule.step})
+                                {"epoch": done, "batch": 0, "partial": False, "step": schedule.step,
+                                 **({"loss_scale": scaler.scale} if scaler else {})})
                 report.add_checkpoint(str(cfg.model_prefix), done, False)
                 last_good = done
             report.save()
             if stop.signum is not None:  # the signal came during validation or saving
-                return _interrupted(mod, sym, cfg, report, done, 0, schedule, stop.signum, epoch_complete=True)
+                return _interrupted(mod, sym, cfg, report, done, 0, schedule, stop.signum, epoch_complete=True,
+                                    scaler=scaler)
     report.save("completed")
     return 0
 
 
-def _interrupted(mod, sym, cfg, report, epoch, batches_done, schedule, signum, epoch_complete=False) -> int:
+def _interrupted(mod, sym, cfg, report, epoch, batches_done, schedule, signum, epoch_complete=False,
+                 scaler: DynamicLossScaler | None = None) -> int:
     name = signal.Signals(signum).name
     if cfg.model_prefix is None:
         report.save("interrupted")
@@ -450,7 +579,8 @@ def _interrupted(mod, sym, cfg, report, epoch, batches_done, schedule, signum, e
     number = epoch if epoch_complete else epoch + 1
     partial = not epoch_complete
     save_checkpoint(mod, sym, cfg.model_prefix, number,
-                    {"epoch": number, "batch": batches_done, "partial": partial, "step": schedule.step})
+                    {"epoch": number, "batch": batches_done, "partial": partial, "step": schedule.step,
+                     **({"loss_scale": scaler.scale} if scaler else {})})
     report.add_checkpoint(str(cfg.model_prefix), number, partial)
     report.save("interrupted")
     where = f"in epoch {epoch} after {batches_done} iterations" if partial else f"after epoch {number - 1}"

@@ -12,7 +12,7 @@ Top level
     ``schema``          str    ``"rn50-report/1"``: the version of this layout
     ``status``          str    ``running`` | ``completed`` | ``interrupted`` (SIGINT/SIGTERM) | ``diverged`` (NaN/inf)
     ``device``          dict   ``{"type": "cpu"|"gpu", "count": n, "names": [...]}``
-    ``dtype``           str    compute dtype: ``float32`` | ``float16``
+    ``dtype``           str    compute dtype: ``float32`` | ``float16`` | ``bfloat16``
     ``global_batch_size`` int  images per iteration over all devices and workers
     ``config``          dict   the resolved flags of the run
     ``versions``        dict   python, mxnet and (when used) DALI versions
@@ -29,6 +29,8 @@ Metrics (lists; the first five keys of each split are NVIDIA's)
     ``train.warmup_iters``          first iterations of the epoch left out of the timing: min(iters // 10, 100),
                                     at least 1 when there are 2 or more (fit.warmup_iters)
     ``train.lr``                    learning rate of the last iteration of the epoch
+    ``train.loss_scale``            with ``--amp``: the dynamic loss scale at the end of the epoch
+    ``train.amp_skipped``           with ``--amp``: updates skipped in the epoch (inf/NaN gradients)
     ``val.top1``, ``val.top5``, ``val.loss``, ``val.time``, ``val.total_ips``, ``val.data_time``, ``val.iters``,
     ``val.warmup_iters``            the same for the validation pass (``val.total_ips`` counts real images only,
                                     not the padding of the last batch)
@@ -47,7 +49,8 @@ from typing import Sequence
 from common import write_json
 
 SCHEMA = "rn50-report/1"
-TRAIN_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters", "warmup_iters", "lr")
+TRAIN_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters", "warmup_iters", "lr", "loss_scale",
+              "amp_skipped")
 VAL_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters", "warmup_iters", "latency_ms_avg",
             "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_p100")
 STATUSES = ("running", "completed", "interrupted", "diverged")

@@ -229,7 +229,7 @@ def symbol_from_args(args: argparse.Namespace, num_classes: int, image_shape, dt
                       conv_workspace=args.conv_workspace, label_smoothing=label_smoothing,
                       fuse_bn_relu=bn_relu_fusion(bool(args.fuse_bn_relu) and for_training, device_type),
                       fuse_bn_add_relu=bn_add_relu_fusion(bool(args.fuse_bn_add_relu), device_type),
-                      loss_scale=args.loss_scale)
+                      loss_scale=1.0 if getattr(args, "amp", False) or args.loss_scale is None else args.loss_scale)
 
 
 def initializer() -> mx.init.Initializer:

@@ -52,6 +52,23 @@ def test_fp16_symbol_structure_as_the_runner_builds_it():
     assert resnet.count_parameters(sym, (1, 224, 224, 4)) == 25557032 + 64 * 7 * 7
 
 
+def test_fp16_symbol_with_the_amp_loss_scaler():
+    """--amp adds one fp32 input (the scale) at the fp32 logits; everything else is the FP16 graph unchanged."""
+    import fit
+
+    args = train_args_of_runner("-n", "1", "-b", "208", "--amp")
+    assert args.amp and args.loss_scale is None
+    sym = resnet.symbol_from_args(args, 1000, (4, 224, 224), "float16", "float16", "NHWC", device_type="gpu")
+    assert ops(sym, "SoftmaxOutput")[0]["attrs"]["grad_scale"] == "1.0"  # the scale is applied in the graph
+    scaled = fit.add_loss_scaler(sym)
+    assert scaled.list_arguments() == sym.list_arguments()[:-1] + [fit.AMP_SCALE, "softmax_label"]
+    arg_types, out_types, _ = scaled.infer_type(data="float16")
+    types = dict(zip(scaled.list_arguments(), arg_types))
+    assert types[fit.AMP_SCALE] == np.float32 and out_types == [np.float32]
+    assert [c["attrs"]["dtype"] for c in ops(scaled, "Cast")] == ["float32"]
+    assert ops(scaled, "SoftmaxOutput")[0]["attrs"] == ops(sym, "SoftmaxOutput")[0]["attrs"]
+
+
 def test_fp16_symbol_with_nchw_input_has_one_transpose():
     sym = resnet.get_symbol(dtype="float16", input_dtype="float32", input_layout="NCHW", conv_layout="NHWC",
                             batchnorm_layout="NHWC", pooling_layout="NHWC")
@@ -131,3 +148,112 @@ def test_static_loss_scaling_gives_the_same_weights(tmp_path):
         np.testing.assert_array_equal(params[0][k].asnumpy(), params[1][k].asnumpy(), err_msg=k)
     moved = mx.nd.load(f"{tmp_path / 's1'}-0001.params")["arg:fc_weight"].asnumpy()
     assert np.abs(moved).sum() > 0
+
+
+def _amp_module(scale: float, window: int = 2000, batch: int = 4):
+    """A ResNet-18 at 32 px with the --amp loss scaler, bound, initialized (seeded) and with its optimizer."""
+    import fit
+
+    mx.random.seed(0)
+    sym = fit.add_loss_scaler(resnet.get_symbol(num_classes=10, num_layers=18, image_shape=(3, 32, 32)))
+    mod = mx.mod.Module(sym, context=mx.cpu(), label_names=["softmax_label"], fixed_param_names=[fit.AMP_SCALE])
+    mod.bind(data_shapes=[("data", (batch, 3, 32, 32))], label_shapes=[("softmax_label", (batch,))])
+    mod.init_params(resnet.initializer(), arg_params={fit.AMP_SCALE: mx.nd.ones((1,))}, allow_missing=True)
+    mod.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.1, "momentum": 0.9})
+    rng = np.random.default_rng(0)
+    batch_ = mx.io.DataBatch(data=[mx.nd.array(rng.uniform(-1, 1, (batch, 3, 32, 32)))],
+                             label=[mx.nd.array(rng.integers(0, 10, batch))])
+    return mod, fit.DynamicLossScaler(mod, scale, window, batch), batch_
+
+
+def _weights(mod):
+    arg, _ = mod.get_params()
+    return {k: v.asnumpy().copy() for k, v in arg.items()}
+
+
+def test_amp_loss_scaler_scales_gradients_not_outputs():
+    """The scale multiplies every gradient exactly (a power of two) and leaves the forward pass bit for bit."""
+    mod, scaler, batch = _amp_module(1.0)
+    mod.forward_backward(batch)
+    out1 = mod.get_outputs()[0].asnumpy()
+    g1 = [g[0].asnumpy() for g in mod._exec_group.grad_arrays if g[0] is not None]
+    scaler.set(2.0 ** 10)
+    mod.forward_backward(batch)
+    np.testing.assert_array_equal(mod.get_outputs()[0].asnumpy(), out1)
+    g2 = [g[0].asnumpy() for g in mod._exec_group.grad_arrays if g[0] is not None]
+    assert len(g1) == len(g2) > 20
+    for a, b in zip(g1, g2):
+        np.testing.assert_array_equal(b, a * 2.0 ** 10)
+    assert mod._optimizer.rescale_grad == 1.0 / (4 * 2.0 ** 10)
+
+
+def test_amp_overflow_skips_the_update_and_halves_the_scale():
+    """An fp16 overflow as it happens on a GPU: the loss gradient, scaled in fp32, passes through fp16 (a Cast,
+    which runs on CPU). With 10 classes and near-uniform softmax the true class's gradient is about -0.9, so at
+    2^17 it overflows fp16 (max 65504) and at 2^16 it does not."""
+    import fit
+
+    data = mx.sym.Variable("data")
+    x = mx.sym.FullyConnected(data, num_hidden=10, name="fc")
+    x = mx.sym.Cast(mx.sym.Cast(x, dtype="float16"), dtype="float32")
+    sym = fit.add_loss_scaler(mx.sym.SoftmaxOutput(x, name="softmax"))
+    mod = mx.mod.Module(sym, context=mx.cpu(), label_names=["softmax_label"], fixed_param_names=[fit.AMP_SCALE])
+    mod.bind(data_shapes=[("data", (4, 8))], label_shapes=[("softmax_label", (4,))])
+    mod.init_params(mx.init.Zero(), arg_params={fit.AMP_SCALE: mx.nd.ones((1,))}, allow_missing=True)
+    mod.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.1})
+    batch = mx.io.DataBatch(data=[mx.nd.ones((4, 8))], label=[mx.nd.array([0, 1, 2, 3])])
+    scaler = fit.DynamicLossScaler(mod, 2.0 ** 17, 2000, 4)
+    mod.forward_backward(batch)
+    assert np.isinf(mod._exec_group.grad_arrays[0][0].asnumpy()).any()
+    assert scaler.step(mod.update) is False and scaler.scale == 2.0 ** 16 and scaler.skipped == 1
+    assert not mod.get_params()[0]["fc_weight"].asnumpy().any()  # skipped: still the zeros it started with
+    mod.forward_backward(batch)
+    assert scaler.step(mod.update) is True and scaler.scale == 2.0 ** 16
+    w = mod.get_params()[0]["fc_weight"].asnumpy()
+    assert np.isfinite(w).all() and w.any()
+    # the update divided the scale out: the unscaled step. Class 0 is the label of 1 of the 4 rows (all ones), so
+    # its gradient is (0.1 - 1) + 3 * 0.1 = -0.6 per input, / batch 4, x lr 0.1 = +0.015 (fp16 rounding aside)
+    np.testing.assert_allclose(w[0], np.full(8, 0.015), rtol=1e-3)
+
+
+def test_amp_scale_doubles_after_a_window_of_clean_iterations():
+    import fit
+
+    mod, scaler, batch = _amp_module(2.0 ** 23, window=2)
+    seen = []
+    for _ in range(4):
+        mod.forward_backward(batch)
+        assert scaler.step(mod.update) is True
+        seen.append(scaler.scale)
+    assert seen == [2.0 ** 23, 2.0 ** 24, 2.0 ** 24, 2.0 ** 24] and fit.AMP_MAX_SCALE == 2.0 ** 24
+
+
+def test_amp_through_the_runner(tmp_path):
+    """--amp end to end: the same weights as an unscaled run (power-of-two scales, no overflow), the scale in the
+    report, a checkpoint without the scaler that plain MXNet loads, and a resume that continues from its scale."""
+    params = []
+    for extra in ([], ["--amp", "--amp-scale-window", "2"]):
+        prefix = tmp_path / ("amp" if extra else "plain")
+        run([ROOT / "runner", "-n", "1", "-b", "4", "-e", "1", "--benchmark-iters", "3", "--no-val", "--seed", "0",
+             "--model-prefix", prefix, "--report", f"{prefix}.json", *extra, *SYNTH], check=True)
+        params.append(mx.nd.load(f"{prefix}-0001.params"))
+    assert params[0].keys() == params[1].keys()
+    for k in params[0]:
+        np.testing.assert_array_equal(params[0][k].asnumpy(), params[1][k].asnumpy(), err_msg=k)
+    m = json.loads((tmp_path / "amp.json").read_text())["metrics"]
+    assert m["train.loss_scale"] == [2.0 ** 17] and m["train.amp_skipped"] == [0]  # 3 clean iterations, window 2
+    assert json.loads((tmp_path / "amp-0001.json").read_text())["loss_scale"] == 2.0 ** 17
+    sym, _, _ = mx.model.load_checkpoint(str(tmp_path / "amp"), 1)
+    assert "amp_loss_scale" not in sym.list_arguments() and ops(sym, "BlockGrad") == []
+    res = run([ROOT / "runner", "-n", "1", "-b", "4", "-e", "2", "--benchmark-iters", "1", "--no-val", "--amp",
+               "--model-prefix", tmp_path / "amp", "--load-epoch", "1", "--report", tmp_path / "r2.json", *SYNTH],
+              check=True)
+    assert "resuming from" in res.stderr
+    assert json.loads((tmp_path / "r2.json").read_text())["metrics"]["train.loss_scale"] == [2.0 ** 17]
+
+
+def test_amp_usage_error(tmp_path):
+    res = run([ROOT / "runner", "-n", "1", "-b", "4", "--amp", "--amp-scale-window", "0", *SYNTH])
+    assert res.returncode == 2 and "--amp-scale-window 0: must be at least 1" in res.stderr
+    res = run([ROOT / "runner", "-n", "1", "-b", "4", "--amp", "--loss-scale", "1e9", *SYNTH])
+    assert res.returncode == 2 and "--loss-scale 1e+09: with --amp at most 2^24" in res.stderr
