@@ -23,10 +23,11 @@ FP16_NEEDS_GPU = ("--dtype float16 needs a GPU (MXNet's CPU backend has no FP16 
 BF16_NEEDS_CPU = ("--dtype bfloat16 is for CPU devices (MXNet 1.9 has no bfloat16 GPU kernels); use --dtype float16 "
                   "on GPUs")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-# glibc malloc settings for CPU runs (the runner sets them): one arena, no mmap for big blocks, no trimming, so freed
-# memory is kept and reused. By default every block over 32 MiB (oneDNN's reorder buffers: 51 MB per ResNet-50
-# scoring step at batch 32) is a fresh mmap whose 12,545 page faults are paid again on every step; that cost scoring
-# 4-6% on 2 cores, and training nothing measurable.
+# glibc malloc settings for CPU scoring (the runner sets them with --only-inference): one arena, no mmap for big
+# blocks, no trimming, so freed memory is kept and reused. By default every block over 32 MiB (oneDNN's reorder
+# buffers: 51 MB per ResNet-50 scoring step at batch 32) is a fresh mmap whose 12,545 page faults are paid again on
+# every step; that cost scoring 4-6% on 2 cores. Training gains nothing from them (224 px, synthetic data), and the
+# 32 px digits demo, with DALI's threads allocating beside MXNet's, trained 4-6% slower with them.
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 
 

@@ -314,10 +314,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def test_runner_malloc_settings_keep_freed_memory():
-    """The allocator settings the runner gives CPU runs: a big block freed and allocated again costs no new page
+    """The allocator settings the runner gives CPU scoring: a big block freed and allocated again costs no new page
     faults, where glibc's defaults map it afresh (16,384 faults for 64 MiB)."""
-    env_line = run([RUNNER, "-n", "1", "-b", "8", "--dry-run", "--data-root", "x"], check=True).stdout.splitlines()[0]
-    env = dict(kv.split("=", 1) for kv in env_line.split())
+    def env_of(*flags):
+        line = run([RUNNER, "-n", "1", "-b", "8", "--dry-run", "--data-root", "x", *flags], check=True).stdout
+        return dict(kv.split("=", 1) for kv in line.splitlines()[0].split())
+
+    assert not any(k.startswith("MALLOC_") for k in env_of())  # training: glibc's defaults
+    env = env_of("--only-inference")
     assert {"MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"} <= set(env)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     default = int(subprocess.run([PY, "-c", REFAULT], env=clean, check=True, capture_output=True).stdout)
