@@ -27,7 +27,8 @@ COPY requirements.txt constraints.txt ./
 RUN pip install --no-cache-dir -r requirements.txt -c constraints.txt nvidia-dali-cuda120==1.35.0 \
  && if [ "$MXNET" != "mxnet==1.9.1" ]; then pip uninstall -y mxnet && pip install --no-cache-dir "$MXNET"; fi
 
-COPY runner train.py fit.py data.py dali.py resnet.py report.py common.py gpu.py benchmark.py Makefile pytest.ini ./
+COPY runner train.py fit.py data.py dali.py datatypes.py resnet.py report.py checkpoint.py memory.py ./
+COPY recfile.py common.py gpu.py benchmark.py Makefile pytest.ini ./
 COPY tools/ tools/
 COPY examples/ examples/
 COPY tests/ tests/

@@ -12,10 +12,10 @@ RUNS   := runs/demo
 DEMO_DTYPE ?= float32
 DEMO_TRAIN := -n 1 -b 64 -e 30 -l 0.2 --lr-schedule cosine --warmup-epochs 2 --bn-gamma-init0 --dtype $(DEMO_DTYPE) \
               --data-root $(DEMO) --image-shape 3,32,32 --num-classes 10 --no-random-mirror --min-random-area 0.25 \
-              --seed 0
+              --seed 0 --save-keep 2
 DEMO_ARGS ?=
 
-.PHONY: install install-gpu demo demo-data test bench bench-data bench-train bench-infer clean
+.PHONY: install install-gpu demo demo-data test test-fast bench bench-data bench-train bench-infer clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ demo: demo-data
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The in-process tier alone (no toolkit processes started): seconds, for quick checks while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not e2e"
 
 bench-data: $(STAMP)
 	$(PY) tools/bench_data.py $(BENCH_DATA_ARGS)

@@ -1,23 +1,34 @@
 """Small pieces every module of the toolkit shares.
 
-* ``UsageError``: bad input found before any heavy work. Entry points turn it into one line on stderr and exit
-  status 2, never a traceback.
+* ``UsageError`` (exit status 2), ``DataError`` (4) and ``OutputError`` (5): faults a user can fix. Entry points turn
+  them into one line on stderr, never a traceback (``run_main``).
 * ``atomic_path`` / ``write_json``: every output file is written under a temporary name in its own directory and
-  renamed into place only when complete, so a crash or Ctrl-C never leaves a file that looks finished.
+  renamed into place only when complete, so a crash or Ctrl-C never leaves a file that looks finished; a full disk
+  becomes an ``OutputError`` naming the file.
+* ``StopFlag``: SIGINT/SIGTERM become a flag that long loops read between steps.
+* ``config_from``: a frozen config dataclass filled from parsed flags of the same names (only ``train.py`` and the
+  command-line entry points hold an ``argparse.Namespace``).
 * ``available_cores`` / ``num_gpus``: what this machine offers, asked the way the rest of the toolkit needs it.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import errno
 import json
+import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3  # the loss became NaN or infinite
+EXIT_DATA = 4  # a record of the data set cannot be read or decoded
+EXIT_OUTPUT = 5  # an output could not be written (no space left, permissions)
 FP16_NEEDS_GPU = ("--dtype float16 needs a GPU (MXNet's CPU backend has no FP16 convolution or GEMM); "
                   "use --dtype float32 on CPU")
 BF16_NEEDS_CPU = ("--dtype bfloat16 is for CPU devices (MXNet 1.9 has no bfloat16 GPU kernels); use --dtype float16 "
@@ -76,6 +87,131 @@ def check_bf16_cpu() -> None:
 class UsageError(Exception):
     """Bad input: the message names the flag or file, what was wrong, and the fix."""
 
+    exit_status = EXIT_USAGE
+
+
+class DataError(UsageError):
+    """A fault in the data found while the run was reading it (a record that does not decode): the message names
+    the file, the record, and how to find and fix such records."""
+
+    exit_status = EXIT_DATA
+
+
+class OutputError(UsageError):
+    """An output that could not be written (no space left, no permission): the message names the path."""
+
+    exit_status = EXIT_OUTPUT
+
+
+def no_space(err: BaseException) -> bool:
+    """Whether ``err`` is a full disk or quota. MXNet reports any failed write as ``FileStream.Write incomplete``
+    (its errno is lost), which counts here as a write failure of either kind."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "Write incomplete" in str(err)
+
+
+def output_error(path: os.PathLike | str, err: BaseException, what: str = "writing it") -> OutputError:
+    """The one-line ``OutputError`` for a failed write of ``path``."""
+    if no_space(err) and (isinstance(err, OSError) or _nearly_full(path)):
+        return OutputError(f"{path}: no space left on device while {what}; free some space or choose another "
+                           "folder (the last complete files are kept)")
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[-1]
+    return OutputError(f"{path}: cannot be written ({reason})")
+
+
+def _nearly_full(path: os.PathLike | str) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(Path(path).parent).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def check_writable(path: os.PathLike | str, flag: str) -> None:
+    """Make sure a file can be created at ``path`` (its folder is created if needed): a usage error naming ``flag``
+    now, instead of a failure after the first epoch."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: cannot write there ({err.strerror or err}); choose a writable "
+                         "folder") from None
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (no nan, no inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
+def config_from(cls, ns: argparse.Namespace, **overrides):
+    """``cls`` (a frozen dataclass) with every field taken from the parsed flag of the same name, unless given in
+    ``overrides``; fields without a flag keep their defaults."""
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if hasattr(ns, f.name)}
+    values.update(overrides)
+    return cls(**values)
+
+
+class Stopped(Exception):
+    """Raised by ``StopFlag.check`` where a long step (a scan of every record) polls for a signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set ``signum``, which long loops read between steps (a batch, a file), so the process can
+    finish the step, write what it must and exit with 128 + the signal. A second signal ends the process at once:
+    the temporary files of writes in flight are removed and it exits with 128 + that signal, saying so."""
+
+    def __init__(self, prog: str | None = None):
+        self.signum = None
+        self.prog = prog or Path(sys.argv[0]).name or "toolkit"
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            return
+        for tmp in list(_IN_FLIGHT):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        sys.stderr.write(f"{self.prog}: second {signal.Signals(signum).name}: stopped at once; files being "
+                         "written were removed\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def check(self, *_) -> None:
+        """Raise ``Stopped`` if a signal has come (usable as a progress callback)."""
+        if self.signum is not None:
+            raise Stopped(self.signum)
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
 
 def int_list(text: str) -> tuple[int, ...]:
     """argparse type: "1,2,4" -> (1, 2, 4)."""
@@ -93,11 +229,25 @@ def float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to a flag's help once: not when the help already speaks of its default, nor for
+    defaults that say nothing (None, False, a store_true switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        default = action.default
+        if isinstance(default, (tuple, list)):
+            default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+        return f"{text} (default: {default})"
+
+
 class Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line (what was wrong and where to look), exit status 2."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message):
@@ -105,31 +255,48 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)`` and turn a ``UsageError`` into one line on stderr and exit status 2."""
+    """Call ``main(argv)``; a ``UsageError`` (or ``DataError``, ``OutputError``) becomes one line on stderr and its
+    exit status, and SIGINT before ``main`` handles signals itself becomes one line and 130."""
     prog = Path(sys.argv[0]).name or "toolkit"
     try:
         return main(argv)
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return err.exit_status
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (SIGINT)", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+_IN_FLIGHT: set[str] = set()  # temporary files being written (removed by StopFlag on a second signal)
 
 
 @contextlib.contextmanager
-def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+def atomic_path(path: os.PathLike | str, what: str = "writing it") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` when the block ends without error.
 
-    On an exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is left as it was.
+    On an exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is left as it was; a
+    full disk (or any other failed write, OSError or MXNet's) becomes an ``OutputError`` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise output_error(path, err, what) from None
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
+    _IN_FLIGHT.add(str(tmp))
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         yield tmp
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # MXNetError is a RuntimeError
+        if not (isinstance(err, OSError) or no_space(err)):
+            raise
+        raise output_error(path, err, what) from None
     finally:
+        _IN_FLIGHT.discard(str(tmp))
         if tmp.exists():
             tmp.unlink()
 
@@ -147,9 +314,9 @@ def make_temp_dir(beside: Path) -> Path:
     return tmp
 
 
-def write_json(path: os.PathLike | str, obj) -> None:
+def write_json(path: os.PathLike | str, obj, what: str = "writing it") -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, what) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 

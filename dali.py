@@ -11,20 +11,27 @@ One pipeline per device. The iterator is DALI's ``DALIClassificationIterator`` o
 one ``DataBatch`` per device. Each shard's last batch is padded with its last sample, so every training epoch covers
 the whole shard; validation marks that padding in ``pad`` (``LastBatchPolicy.PARTIAL``), so a validation pass counts
 every image exactly once.
+
+A record DALI cannot decode fails the whole pipeline; DALI's message names the ``.rec`` and the record's byte offset,
+which ``DaliIter`` turns into a ``common.DataError`` naming the record number and key (from the ``.idx``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import mxnet as mx
 import numpy as np
 
-from common import UsageError, available_cores
-from data import LABEL_NAME, DataConfig, DeviceIter
+import recfile
+from common import DataError, UsageError, available_cores
+from datatypes import LABEL_NAME, DataConfig, DataIterBase
 
 # nvidia.dali itself is imported only when a pipeline is built (`_dali()`): the flags and the config need none of
 # it, and a process that never reads data through DALI (synthetic data, ImageRecordIter) never loads it.
@@ -66,41 +73,45 @@ def add_dali_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 @dataclass(frozen=True)
 class DaliConfig:
-    gpu: bool
-    threads: int
-    val_threads: int
-    prefetch: int
-    padding_mb: int
-    width_hint: int
-    height_hint: int
-    hw_decoder_load: float
-    fuse_decoder: bool
-    use_mmap: bool
-    separ_val: bool
+    """The DALI flags (field names are the flags' names); ``resolve`` fills in the defaults that depend on the
+    backend and checks the values."""
+    dali_threads: int | None = None
+    dali_validation_threads: int | None = None
+    dali_prefetch_queue: int = 2
+    dali_nvjpeg_memory_padding: int = 64
+    dali_nvjpeg_width_hint: int = 5980
+    dali_nvjpeg_height_hint: int = 6430
+    dali_hw_decoder_load: float = 0.65
+    dali_fuse_decoder: bool = True
+    dali_dont_use_mmap: bool = False
+    dali_separ_val: bool = False
+    gpu: bool = False  # decode and augment on the GPU (dali-gpu)
 
 
-def config_from_args(args: argparse.Namespace, backend: str) -> DaliConfig:
+def resolve(d: DaliConfig, backend: str) -> DaliConfig:
     gpu = backend == "dali-gpu"
-    threads = args.dali_threads or (4 if gpu else available_cores())
-    for flag, v in (("--dali-threads", threads), ("--dali-prefetch-queue", args.dali_prefetch_queue)):
+    threads = d.dali_threads if d.dali_threads is not None else 4 if gpu else available_cores()
+    val_threads = d.dali_validation_threads if d.dali_validation_threads is not None else threads
+    for flag, v in (("--dali-threads", threads), ("--dali-validation-threads", val_threads),
+                    ("--dali-prefetch-queue", d.dali_prefetch_queue),
+                    ("--dali-nvjpeg-width-hint", d.dali_nvjpeg_width_hint),
+                    ("--dali-nvjpeg-height-hint", d.dali_nvjpeg_height_hint)):
         if v < 1:
             raise UsageError(f"{flag} {v}: must be at least 1")
-    if not 0.0 <= args.dali_hw_decoder_load <= 1.0:
-        raise UsageError(f"--dali-hw-decoder-load {args.dali_hw_decoder_load}: must be between 0 and 1")
-    return DaliConfig(gpu=gpu, threads=threads, val_threads=args.dali_validation_threads or threads,
-                      prefetch=args.dali_prefetch_queue, padding_mb=args.dali_nvjpeg_memory_padding,
-                      width_hint=args.dali_nvjpeg_width_hint, height_hint=args.dali_nvjpeg_height_hint,
-                      hw_decoder_load=args.dali_hw_decoder_load, fuse_decoder=args.dali_fuse_decoder,
-                      use_mmap=not args.dali_dont_use_mmap, separ_val=args.dali_separ_val)
+    if d.dali_nvjpeg_memory_padding < 0:
+        raise UsageError(f"--dali-nvjpeg-memory-padding {d.dali_nvjpeg_memory_padding}: must be at least 0")
+    if not 0.0 <= d.dali_hw_decoder_load <= 1.0:
+        raise UsageError(f"--dali-hw-decoder-load {d.dali_hw_decoder_load}: must be between 0 and 1")
+    return dataclasses.replace(d, gpu=gpu, dali_threads=threads, dali_validation_threads=val_threads)
 
 
 def _decoder_args(d: DaliConfig) -> dict:
     if not d.gpu:
         return dict(device="cpu")
-    pad = d.padding_mb << 20
+    pad = d.dali_nvjpeg_memory_padding << 20
     return dict(device="mixed", device_memory_padding=pad, host_memory_padding=pad,
-                preallocate_width_hint=d.width_hint, preallocate_height_hint=d.height_hint,
-                hw_decoder_load=d.hw_decoder_load)
+                preallocate_width_hint=d.dali_nvjpeg_width_hint, preallocate_height_hint=d.dali_nvjpeg_height_hint,
+                hw_decoder_load=d.dali_hw_decoder_load)
 
 
 def _normalize(images, cfg: DataConfig, mirror):
@@ -108,19 +119,20 @@ def _normalize(images, cfg: DataConfig, mirror):
     c, h, w = cfg.image_shape
     return fn.crop_mirror_normalize(
         images, dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT,
-        output_layout="CHW" if cfg.layout == "NCHW" else "HWC", crop=(h, w), mean=list(cfg.mean),
-        std=list(cfg.std), mirror=mirror, pad_output=c == 4)
+        output_layout="CHW" if cfg.input_layout == "NCHW" else "HWC", crop=(h, w), mean=list(cfg.rgb_mean),
+        std=list(cfg.rgb_std), mirror=mirror, pad_output=c == 4)
 
 
 def _train_graph(cfg: DataConfig, shard_id: int, num_shards: int):
     fn, types = _dali()[0].fn, _dali()[0].types
     d = cfg.dali
-    jpegs, labels = fn.readers.mxnet(path=[str(cfg.train_rec)], index_path=[str(cfg.train_idx)],
+    jpegs, labels = fn.readers.mxnet(path=[str(cfg.data_train)], index_path=[str(cfg.data_train_idx)],
                                      random_shuffle=True, shard_id=shard_id, num_shards=num_shards,
-                                     pad_last_batch=True, dont_use_mmap=not d.use_mmap, name="Reader")
+                                     pad_last_batch=True, dont_use_mmap=d.dali_dont_use_mmap, name="Reader")
     _, h, w = cfg.image_shape
-    area, aspect = [cfg.min_area, cfg.max_area], [cfg.min_aspect, cfg.max_aspect]
-    if d.fuse_decoder:
+    area = [cfg.min_random_area, cfg.max_random_area]
+    aspect = [cfg.min_random_aspect_ratio, cfg.max_random_aspect_ratio]
+    if d.dali_fuse_decoder:
         images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB, random_area=area,
                                                random_aspect_ratio=aspect, num_attempts=100, **_decoder_args(d))
         images = fn.resize(images, resize_x=w, resize_y=h)
@@ -128,19 +140,19 @@ def _train_graph(cfg: DataConfig, shard_id: int, num_shards: int):
         images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_args(d))
         images = fn.random_resized_crop(images, size=(h, w), random_area=area, random_aspect_ratio=aspect,
                                         num_attempts=100)
-    mirror = fn.random.coin_flip(probability=0.5) if cfg.mirror else 0
+    mirror = fn.random.coin_flip(probability=0.5) if cfg.random_mirror else 0
     return _normalize(images, cfg, mirror), labels
 
 
 def _val_graph(cfg: DataConfig, shard_id: int, num_shards: int):
     fn, types = _dali()[0].fn, _dali()[0].types
     d = cfg.dali
-    jpegs, labels = fn.readers.mxnet(path=[str(cfg.val_rec)], index_path=[str(cfg.val_idx)],
+    jpegs, labels = fn.readers.mxnet(path=[str(cfg.data_val)], index_path=[str(cfg.data_val_idx)],
                                      random_shuffle=False, shard_id=shard_id, num_shards=num_shards,
-                                     pad_last_batch=True, stick_to_shard=True, dont_use_mmap=not d.use_mmap,
+                                     pad_last_batch=True, stick_to_shard=True, dont_use_mmap=d.dali_dont_use_mmap,
                                      name="Reader")
     images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_args(d))
-    images = fn.resize(images, resize_shorter=cfg.val_resize)
+    images = fn.resize(images, resize_shorter=cfg.data_val_resize)
     return _normalize(images, cfg, 0), labels
 
 
@@ -160,8 +172,9 @@ def time_pipeline(cfg: DataConfig, train: bool, iters: int, warmup: int = 5, dev
     when the batch's outputs are complete, GPU work included, so each batch is timed to its end."""
     d = cfg.dali
     make = train_pipeline if train else val_pipeline
-    pipe = make(cfg, 0, 1, batch_size=cfg.batch_size, num_threads=d.threads if train else d.val_threads,
-                device_id=device_id if d.gpu else None, seed=1, prefetch_queue_depth=d.prefetch)
+    threads = d.dali_threads if train else d.dali_validation_threads
+    pipe = make(cfg, 0, 1, batch_size=cfg.batch_size, num_threads=threads, device_id=device_id if d.gpu else None,
+                seed=1, prefetch_queue_depth=d.dali_prefetch_queue)
     pipe.build()
     for _ in range(warmup):
         pipe.run()
@@ -173,47 +186,86 @@ def time_pipeline(cfg: DataConfig, train: bool, iters: int, warmup: int = 5, dev
     return rate
 
 
-class DaliIter(DeviceIter):
+class DaliIter(DataIterBase):
     """DALI's MXNet iterator over one pipeline per device, with the whole-process ``provide_data``."""
 
     def __init__(self, cfg: DataConfig, contexts: Sequence, train: bool, rank: int, num_workers: int):
         self._describe(cfg, contexts, cfg.dtype)
         d = cfg.dali
         n = len(self.contexts)
-        if not train and d.separ_val:
+        if not train and d.dali_separ_val:
             rank, num_workers = 0, 1
+        self._train = train
+        self._rec, self._idx = (cfg.data_train, cfg.data_train_idx) if train else (cfg.data_val, cfg.data_val_idx)
         pipes = []
         for i, ctx in enumerate(self.contexts):
             shard = rank * n + i
             seed = -1 if cfg.seed is None else cfg.seed * 1000 + shard + (0 if train else 500)
             make = train_pipeline if train else val_pipeline
             pipes.append(make(cfg, shard, num_workers * n, batch_size=cfg.batch_size // n,
-                              num_threads=d.threads if train else d.val_threads,
+                              num_threads=d.dali_threads if train else d.dali_validation_threads,
                               device_id=ctx.device_id if d.gpu else None, seed=seed,
-                              prefetch_queue_depth=d.prefetch))
-        for p in pipes:
-            p.build()
+                              prefetch_queue_depth=d.dali_prefetch_queue))
         # Both readers pad each shard's last batch (with its last sample), so every epoch starts at the beginning
         # of a shard and covers all of it (wrapping into the next epoch instead would skip those images there).
         # The iterator marks that padding in `pad` (PARTIAL; with reader_name it reads the shard sizes from the
         # readers). Validation keeps the mark; training replaces the padding by the batch's own real samples.
-        self._train = train
         plugin = _dali()[1]
-        self._it = plugin.DALIClassificationIterator(pipes, reader_name="Reader",
-                                                     last_batch_policy=plugin.LastBatchPolicy.PARTIAL,
-                                                     label_name=LABEL_NAME)
+        try:
+            for p in pipes:
+                p.build()
+            # the iterator runs the pipelines for its first batch here already
+            self._it = plugin.DALIClassificationIterator(pipes, reader_name="Reader",
+                                                         last_batch_policy=plugin.LastBatchPolicy.PARTIAL,
+                                                         label_name=LABEL_NAME)
+        except RuntimeError as err:
+            raise self._data_error(err) from None
         self.batches_per_epoch = -(-self._it.size // (cfg.batch_size // n))
 
     def reset(self):
         self._it.reset()
 
     def next(self):
-        batches = self._it.next()
+        try:
+            batches = self._it.next()
+        except RuntimeError as err:
+            raise self._data_error(err) from None
         if self._train:
             for b in batches:
                 if b.pad:
                     fill_padding(b)
         return batches
+
+    def _data_error(self, err: RuntimeError) -> DataError:
+        return DataError(describe_failure(str(err), "training" if self._train else "validation", self._rec,
+                                          self._idx))
+
+
+_WHERE = re.compile(r"File: (?P<file>.+?) at index (?P<offset>\d+)")
+
+
+def describe_failure(message: str, split: str, rec: Path, idx: Path) -> str:
+    """One line for a DALI pipeline failure: the record (number and key, from the byte offset DALI names, looked up
+    in the ``.idx``), DALI's reason, and how to find and fix such records."""
+    reason = "the pipeline failed"
+    for line in message.splitlines():
+        if "Error in thread" in line or "Assert on" in line or "Unrecognized" in line:
+            reason = line.rsplit("] ", 1)[-1].strip() or reason
+            break
+    where = ""
+    m = _WHERE.search(message)
+    if m:
+        offset = int(m["offset"])
+        try:
+            pairs = recfile.read_index(idx)
+            number = next(i for i, (_, off) in enumerate(pairs) if off == offset)
+            where = f"record {number} (key {pairs[number][0]}, byte {offset}) "
+        except (OSError, ValueError, StopIteration):
+            where = f"the record at byte {offset} "
+    return (f"the {split} set {rec}: {where}cannot be decoded ({reason[:200]}); "
+            f"`python tools/check_rec.py {rec} --decode` lists every such record; rebuild the set with "
+            f"tools/prepare_dataset.py --verify, or write a copy without them with `python tools/check_rec.py {rec} "
+            "--decode --write-good PREFIX`")
 
 
 def fill_padding(batch) -> None:
@@ -228,5 +280,6 @@ def fill_padding(batch) -> None:
     batch.pad = 0
 
 
-def get_rec_iter(cfg: DataConfig, contexts: Sequence, train: bool, rank: int = 0, num_workers: int = 1) -> DaliIter:
+def get_rec_iter(cfg: DataConfig, contexts: Sequence, train: bool, rank: int = 0,
+                 num_workers: int = 1) -> DaliIter:
     return DaliIter(cfg, contexts, train, rank, num_workers)

@@ -1,4 +1,5 @@
-"""Data: the ``--data-*`` flags, the choice of backend, MXNet's ``ImageRecordIter``, synthetic data.
+"""Data: the ``--data-*`` flags, the choice of backend, the checks of the input files, MXNet's ``ImageRecordIter``,
+synthetic data.
 
 Backends (``--data-backend``), as in NVIDIA's toolkit:
 
@@ -7,10 +8,13 @@ Backends (``--data-backend``), as in NVIDIA's toolkit:
 * ``mxnet``: ``mx.io.ImageRecordIter`` with the same augmentation (random-resized-crop, flip, normalize).
 * ``synthetic``: random data of the right shape and dtype, made once on each device (pure compute benchmarks).
 
-Every backend gives an ``mx.io.DataIter`` whose ``next()`` returns a list of ``mx.io.DataBatch``, one per device
-context: the pre-split form MXNet's ``Module.forward`` accepts (it is what DALI's MXNet plugin returns). Each
-batch's ``pad`` counts the trailing samples that are padding, so a validation pass sees every image exactly once.
-``provide_data``/``provide_label`` describe the whole batch of this process (all its devices).
+Every backend gives a ``datatypes.DataIterBase``: ``next()`` returns one ``mx.io.DataBatch`` per device.
+
+Before any pipeline is built, every ``.idx`` entry is checked against its ``.rec`` (``recfile.scan``): each entry
+must point at a record that ends where the next one starts, every label must be a class number below
+``--num-classes``, and every record must start like an image. For the ``mxnet`` backend each JPEG's headers are also
+parsed, because ``ImageRecordIter`` dies of SIGFPE on an image it cannot decode; DALI reports such an image as an
+error, which ``dali.py`` turns into one line naming the record.
 
 Sharding: with ``W`` worker processes and ``D`` devices per process, the training and validation sets are cut into
 ``W * D`` shards (``shard = rank * D + device index``), so every image is seen once per epoch across all shards.
@@ -18,28 +22,28 @@ Sharding: with ``W`` worker processes and ``D`` devices per process, the trainin
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import math
 import random
-from dataclasses import dataclass
+import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
 import mxnet as mx
 import numpy as np
 
-import sys
-import time
+import recfile
+from common import DataError, Parser, UsageError, available_cores, config_from, float_list, int_list, num_gpus, run_main
+from datatypes import LABEL_NAME, RGB_MEAN, RGB_STD, DataConfig, DataIterBase
 
-from common import Parser, UsageError, available_cores, float_list, int_list, num_gpus, run_main
+log = logging.getLogger(__name__)
 
 BACKENDS = ("dali-gpu", "dali-cpu", "mxnet", "synthetic")
 LAYOUTS = ("NCHW", "NHWC")
-# ImageNet statistics on the 0-255 scale: 255 * (0.485, 0.456, 0.406) and 255 * (0.229, 0.224, 0.225)
-RGB_MEAN = (123.675, 116.28, 103.53)
-RGB_STD = (58.395, 57.12, 57.375)
 IMAGENET_TRAIN_IMAGES = 1281167
 IMAGENET_VAL_IMAGES = 50000
-LABEL_NAME = "softmax_label"
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -61,6 +65,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--num-classes", type=int, default=1000, help="number of classes")
     g.add_argument("--num-examples", type=int, default=None,
                    help="training images per epoch (default: all of --data-train; ImageNet's 1281167 for synthetic)")
+    g.add_argument("--num-val-examples", type=int, default=None,
+                   help="synthetic validation images (default: ImageNet's share of the training images, 50000 per "
+                        "1281167, at least one batch)")
     g.add_argument("--data-val-resize", type=int, default=None,
                    help="validation: resize the shorter side to this before the center crop "
                         "(default: 256/224 of the crop, i.e. 256 for 224)")
@@ -77,127 +84,121 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return g
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    """Everything a backend needs, resolved and checked (see ``from_args``)."""
-    backend: str
-    train_rec: Path | None
-    train_idx: Path | None
-    val_rec: Path | None
-    val_idx: Path | None
-    image_shape: tuple[int, int, int]  # C, H, W
-    layout: str  # of the batches: NCHW or NHWC
-    dtype: str  # of the batches: float32 or float16
-    batch_size: int  # per process (all its devices together)
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    num_classes: int
-    num_examples: int | None
-    val_resize: int
-    min_area: float = 0.05
-    max_area: float = 1.0
-    min_aspect: float = 3 / 4
-    max_aspect: float = 4 / 3
-    mirror: bool = True
-    mxnet_threads: int | None = None
-    seed: int | None = None
-    dali: object = None  # dali.DaliConfig for the dali-* backends
-
-    @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        c, h, w = self.image_shape
-        return (c, h, w) if self.layout == "NCHW" else (h, w, c)
-
-
 def default_backend(have_gpu: bool) -> str:
     return "dali-gpu" if have_gpu else "dali-cpu"
 
 
-def config_from_args(args: argparse.Namespace, batch_size: int, dtype: str = "float32", have_gpu: bool = False,
-                     seed: int | None = None) -> DataConfig:
-    """Resolve the data flags into a checked ``DataConfig`` (raises ``UsageError`` naming the flag)."""
-    backend = args.data_backend or default_backend(have_gpu)
-    if len(args.image_shape) != 3 or args.image_shape[0] not in (3, 4) or min(args.image_shape[1:]) < 1:
-        raise UsageError(f"--image-shape {','.join(map(str, args.image_shape))}: expected C,H,W with C 3 or 4")
-    for flag, v in (("--rgb-mean", args.rgb_mean), ("--rgb-std", args.rgb_std)):
-        if len(v) != 3:
-            raise UsageError(f"{flag}: expected 3 comma-separated values, got {len(v)}")
-    if min(args.rgb_std) <= 0:
+def resolve(cfg: DataConfig, have_gpu: bool = False) -> DataConfig:
+    """``cfg`` checked (``UsageError`` naming the flag) with its machine-dependent defaults filled in: the backend,
+    the index paths, the validation resize, the dtype of the batches (float32 for all but float16 training)."""
+    backend = cfg.data_backend or default_backend(have_gpu)
+    shape = tuple(cfg.image_shape)
+    if len(shape) != 3 or shape[0] not in (3, 4) or min(shape[1:]) < 1:
+        raise UsageError(f"--image-shape {','.join(map(str, shape))}: expected C,H,W with C 3 or 4")
+    for flag, v in (("--rgb-mean", cfg.rgb_mean), ("--rgb-std", cfg.rgb_std)):
+        if len(v) != 3 or not all(math.isfinite(x) for x in v):
+            raise UsageError(f"{flag}: expected 3 comma-separated finite values, got {len(v)}")
+    if min(cfg.rgb_std) <= 0:
         raise UsageError("--rgb-std: every value must be positive")
-    if not 0 < args.min_random_area <= args.max_random_area <= 1:
-        raise UsageError(f"--min-random-area {args.min_random_area} / --max-random-area {args.max_random_area}: "
+    if not 0 < cfg.min_random_area <= cfg.max_random_area <= 1:
+        raise UsageError(f"--min-random-area {cfg.min_random_area} / --max-random-area {cfg.max_random_area}: "
                          "need 0 < min <= max <= 1")
-    if not 0 < args.min_random_aspect_ratio <= args.max_random_aspect_ratio:
+    if not 0 < cfg.min_random_aspect_ratio <= cfg.max_random_aspect_ratio < math.inf:
         raise UsageError("--min-random-aspect-ratio / --max-random-aspect-ratio: need 0 < min <= max")
-    if args.num_examples is not None and args.num_examples < 1:
-        raise UsageError(f"--num-examples {args.num_examples}: must be at least 1")
-    if dtype not in ("float32", "float16"):
-        dtype = "float32"  # other training dtypes (bfloat16) take float32 input and cast inside the graph
-    crop = args.image_shape[1]
-    val_resize = args.data_val_resize or max(crop, round(crop * 256 / 224))
-    if val_resize < min(args.image_shape[1:]):
+    for flag, v in (("--num-classes", cfg.num_classes), ("--num-examples", cfg.num_examples),
+                    ("--num-val-examples", cfg.num_val_examples), ("--data-mxnet-threads", cfg.data_mxnet_threads),
+                    ("--batch-size", cfg.batch_size)):
+        if v is not None and v < 1:
+            raise UsageError(f"{flag} {v}: must be at least 1")
+    crop = shape[1]
+    val_resize = cfg.data_val_resize or max(crop, round(crop * 256 / 224))
+    if val_resize < min(shape[1:]):
         raise UsageError(f"--data-val-resize {val_resize}: must be at least the crop size {crop}")
-    train_rec, train_idx, val_rec, val_idx = _resolve_paths(args, backend)
-    dali_cfg = None
-    if backend.startswith("dali"):
-        import dali  # only the DALI path needs nvidia.dali
+    paths = _resolve_paths(cfg, backend)
+    dali_cfg = cfg.dali
+    if backend.startswith("dali") and dali_cfg is not None:
+        import dali  # only the DALI path needs it
 
-        dali_cfg = dali.config_from_args(args, backend)
-    return DataConfig(backend=backend, train_rec=train_rec, train_idx=train_idx, val_rec=val_rec, val_idx=val_idx,
-                      image_shape=tuple(args.image_shape), layout=args.input_layout, dtype=dtype,
-                      batch_size=batch_size, mean=tuple(args.rgb_mean), std=tuple(args.rgb_std),
-                      num_classes=args.num_classes, num_examples=args.num_examples, val_resize=val_resize,
-                      min_area=args.min_random_area, max_area=args.max_random_area,
-                      min_aspect=args.min_random_aspect_ratio, max_aspect=args.max_random_aspect_ratio,
-                      mirror=args.random_mirror, mxnet_threads=args.data_mxnet_threads, seed=seed, dali=dali_cfg)
+        dali_cfg = dali.resolve(dali_cfg, backend)
+    return dataclasses.replace(cfg, data_backend=backend, image_shape=shape, data_val_resize=val_resize,
+                               dtype=cfg.dtype if cfg.dtype == "float16" else "float32", dali=dali_cfg, **paths)
 
 
-def _resolve_paths(args, backend):
-    root = args.data_root
-    if backend == "synthetic":
-        return None, None, None, None  # nothing is read
+def _resolve_paths(cfg: DataConfig, backend: str) -> dict:
+    root = cfg.data_root
+    if backend == "synthetic":  # nothing is read
+        return dict(data_train=None, data_train_idx=None, data_val=None, data_val_idx=None)
     if root is not None and not root.is_dir():
         raise UsageError(f"--data-root {root}: no such directory (make one with tools/prepare_dataset.py, or "
                          "`make demo-data` for the digits)")
-    train = args.data_train or (root / "train.rec" if root else None)
-    val = args.data_val or (root / "val.rec" if root else None)
-    train_idx = args.data_train_idx or (train.with_suffix(".idx") if train else None)
-    val_idx = args.data_val_idx or (val.with_suffix(".idx") if val else None)
-    if train is None:
+    train = cfg.data_train or (root / "train.rec" if root else None)
+    val = cfg.data_val or (root / "val.rec" if root else None)
+    train_idx = cfg.data_train_idx or (train.with_suffix(".idx") if train else None)
+    val_idx = cfg.data_val_idx or (val.with_suffix(".idx") if val else None)
+    if train is None and val is None:
         raise UsageError(f"--data-backend {backend} reads RecordIO: give --data-root (a folder made by "
-                         "tools/prepare_dataset.py) or --data-train, or use --data-backend synthetic")
+                         "tools/prepare_dataset.py) or --data-train/--data-val, or use --data-backend synthetic")
     for flag, rec, idx in (("--data-train", train, train_idx), ("--data-val", val, val_idx)):
         if rec is None:
             continue
         if not rec.is_file():
-            raise UsageError(f"{flag} {rec}: file not found (make it with tools/prepare_dataset.py)")
+            how = f"--data-root {root} has no {rec.name}" if flag == "--data-train" and not cfg.data_train or \
+                flag == "--data-val" and not cfg.data_val else f"{flag} {rec}: file not found"
+            raise UsageError(f"{how} (make it with tools/prepare_dataset.py)")
         if not idx.is_file():
             raise UsageError(f"{flag}-idx {idx}: file not found (DALI and shuffling need the .idx written beside "
                              "the .rec by tools/prepare_dataset.py or im2rec.py)")
-    return train, train_idx, val, val_idx
+    return dict(data_train=train, data_train_idx=train_idx, data_val=val, data_val_idx=val_idx)
 
 
-def check_record_files(cfg: DataConfig) -> dict:
-    """Check that every ``.idx`` indexes its ``.rec``; return the number of records per split."""
-    from tools.recordio import check_index_matches
-
+def check_record_files(cfg: DataConfig, want_train: bool = True, want_val: bool = True, progress=None) -> dict:
+    """Check every ``.idx`` entry against its ``.rec`` (``recfile.scan``; with the ``mxnet`` backend also every
+    JPEG's headers); return the number of records per split. A problem is a ``UsageError`` naming the record.
+    ``progress`` is called now and then during long scans (``StopFlag.check`` stops them on a signal)."""
     counts = {}
-    for split, flag, rec, idx in (("train", "--data-train-idx", cfg.train_rec, cfg.train_idx),
-                                  ("val", "--data-val-idx", cfg.val_rec, cfg.val_idx)):
-        if rec is None:
+    for split, rec, idx, wanted in (("train", cfg.data_train, cfg.data_train_idx, want_train),
+                                    ("val", cfg.data_val, cfg.data_val_idx, want_val)):
+        if rec is None or not wanted:
             continue
         try:
-            counts[split] = check_index_matches(rec, idx)
+            t0 = time.perf_counter()
+            headers = cfg.data_backend == "mxnet"
+            log.info("checking the %s set %s: every index entry and label%s", split, rec,
+                     ", every JPEG's headers (ImageRecordIter dies on one it cannot decode)" if headers else "")
+            result = recfile.scan(rec, idx, num_classes=cfg.num_classes, headers=headers, progress=progress)
+            log.info("the %s set: %d records checked in %.1f s", split, result.records, time.perf_counter() - t0)
         except (ValueError, OSError) as err:
-            raise UsageError(f"{flag} {idx} does not match {rec}: {err}; rebuild both with "
+            raise UsageError(f"the {split} index {idx} cannot be used with {rec}: {err}; rebuild both with "
                              "tools/prepare_dataset.py") from None
+        _raise_for(result, split, rec, idx, cfg.num_classes)
+        counts[split] = result.records
     return counts
+
+
+def _raise_for(result: recfile.ScanReport, split: str, rec: Path, idx: Path, num_classes: int) -> None:
+    def more(kind):
+        n = result.counts[kind] - 1
+        return f" (and {n} more)" if n else ""
+
+    find = f"`python tools/check_rec.py {rec}` lists them all"
+    if "index" in result.counts:
+        raise UsageError(f"the {split} index {idx} does not match {rec}: {result.first('index')}{more('index')}; "
+                         f"rebuild both with tools/prepare_dataset.py ({find})")
+    if "label" in result.counts:
+        lo, hi = result.labels
+        raise UsageError(f"--num-classes {num_classes}: the {split} set {rec} has labels outside [0, "
+                         f"{num_classes}): {result.first('label')}{more('label')}; its labels run from {lo:g} to "
+                         f"{hi:g}; give the right --num-classes or rebuild the set with tools/prepare_dataset.py")
+    if "image" in result.counts:
+        raise UsageError(f"the {split} set {rec} has records that are not readable images: {result.first('image')}"
+                         f"{more('image')}; {find}; rebuild the set with tools/prepare_dataset.py, or write a copy "
+                         f"without them with `python tools/check_rec.py {rec} --write-good PREFIX`")
 
 
 def check_backend(cfg: DataConfig, contexts: Sequence) -> None:
     """Usage errors for a backend that cannot feed these devices."""
     kinds = {c.device_type for c in contexts}
-    if cfg.backend == "dali-gpu" and kinds != {"gpu"}:
+    if cfg.data_backend == "dali-gpu" and kinds != {"gpu"}:
         raise UsageError("--data-backend dali-gpu needs GPU devices, and MXNet sees none here; use "
                          "--data-backend dali-cpu (or mxnet, synthetic)")
     if cfg.batch_size % len(contexts):
@@ -215,31 +216,7 @@ def split_pad(pad: int, batch: int, parts: int) -> list[int]:
     return [min(k, max(0, (i + 1) * k - real)) for i in range(parts)]
 
 
-class DeviceIter(mx.io.DataIter):
-    """Base of the toolkit's iterators: ``next()`` gives one ``DataBatch`` per device context.
-
-    Subclasses set ``contexts``, ``batch_size`` (per process), ``provide_data``, ``provide_label`` and
-    ``batches_per_epoch``, and implement ``next()`` and ``reset()``.
-    """
-
-    def _describe(self, cfg: DataConfig, contexts, dtype: str) -> None:
-        self.contexts = list(contexts)
-        self.batch_size = cfg.batch_size
-        self.provide_data = [mx.io.DataDesc("data", (cfg.batch_size,) + cfg.sample_shape, np.dtype(dtype),
-                                            layout=cfg.layout)]
-        self.provide_label = [mx.io.DataDesc(LABEL_NAME, (cfg.batch_size,), np.float32, layout="N")]
-
-    def __next__(self):
-        return self.next()
-
-    def _count_batch(self) -> None:
-        """For iterators with a fixed epoch length: count one batch, StopIteration after ``batches_per_epoch``."""
-        if self._i >= self.batches_per_epoch:
-            raise StopIteration
-        self._i += 1
-
-
-class _SyntheticIter(DeviceIter):
+class _SyntheticIter(DataIterBase):
     """One random batch per device, made once, returned ``batches`` times per epoch."""
 
     def __init__(self, cfg: DataConfig, contexts, batches: int, seed: int | None):
@@ -262,7 +239,7 @@ class _SyntheticIter(DeviceIter):
         return self._batches
 
 
-class _RecordIterSplit(DeviceIter):
+class _RecordIterSplit(DataIterBase):
     """``mx.io.ImageRecordIter`` for the whole process batch, split into one slice per device.
 
     The slice is given the zero 4th channel, the NHWC layout and the float16 dtype where asked for, and put on its
@@ -273,22 +250,24 @@ class _RecordIterSplit(DeviceIter):
         self._describe(cfg, contexts, cfg.dtype)
         self._cfg = cfg
         c, h, w = cfg.image_shape
-        threads = cfg.mxnet_threads or available_cores()
+        threads = cfg.data_mxnet_threads or available_cores()
         common = dict(data_shape=(3, h, w), batch_size=cfg.batch_size, preprocess_threads=threads,
-                      mean_r=cfg.mean[0], mean_g=cfg.mean[1], mean_b=cfg.mean[2],
-                      std_r=cfg.std[0], std_g=cfg.std[1], std_b=cfg.std[2],
+                      mean_r=cfg.rgb_mean[0], mean_g=cfg.rgb_mean[1], mean_b=cfg.rgb_mean[2],
+                      std_r=cfg.rgb_std[0], std_g=cfg.rgb_std[1], std_b=cfg.rgb_std[2],
                       num_parts=num_workers, part_index=rank, label_width=1, data_name="data",
                       label_name=LABEL_NAME)
         if train:
             seed = cfg.seed if cfg.seed is not None else random.randrange(2 ** 31)
             self._it = mx.io.ImageRecordIter(
-                path_imgrec=str(cfg.train_rec), path_imgidx=str(cfg.train_idx), shuffle=True, seed=seed,
-                random_resized_crop=True, min_random_area=cfg.min_area, max_random_area=cfg.max_area,
-                min_aspect_ratio=cfg.min_aspect, max_aspect_ratio=cfg.max_aspect, rand_mirror=cfg.mirror,
+                path_imgrec=str(cfg.data_train), path_imgidx=str(cfg.data_train_idx), shuffle=True, seed=seed,
+                random_resized_crop=True, min_random_area=cfg.min_random_area, max_random_area=cfg.max_random_area,
+                min_aspect_ratio=cfg.min_random_aspect_ratio, max_aspect_ratio=cfg.max_random_aspect_ratio,
+                rand_mirror=cfg.random_mirror,
                 rand_crop=False, round_batch=False, **common)
         else:
             self._it = mx.io.ImageRecordIter(
-                path_imgrec=str(cfg.val_rec), path_imgidx=str(cfg.val_idx), shuffle=False, resize=cfg.val_resize,
+                path_imgrec=str(cfg.data_val), path_imgidx=str(cfg.data_val_idx), shuffle=False,
+                resize=cfg.data_val_resize,
                 rand_crop=False, rand_mirror=False, round_batch=False, **common)
         # Both iterators use round_batch=False so that each epoch starts afresh and covers the whole part (with
         # round_batch=True the last batch borrows the next epoch's first images, which that epoch then skips).
@@ -308,7 +287,14 @@ class _RecordIterSplit(DeviceIter):
     def next(self):
         if self._seen >= self._part_size:
             raise StopIteration
-        batch = self._it.next()
+        try:
+            batch = self._it.next()
+        except mx.base.MXNetError as err:  # an image OpenCV refused outright (the scan caught the rest)
+            rec = self._cfg.data_train if self._train else self._cfg.data_val
+            reason = [ln for ln in str(err).splitlines() if ln.strip()][-1].strip()
+            raise DataError(f"the {'training' if self._train else 'validation'} set {rec}: ImageRecordIter could "
+                            f"not decode a record ({reason[:200]}); `python tools/check_rec.py {rec} --decode` "
+                            "finds it") from None
         self._seen += self._cfg.batch_size
         data, label = batch.data[0], batch.label[0]
         pad = max(0, self._seen - self._part_size)
@@ -320,7 +306,7 @@ class _RecordIterSplit(DeviceIter):
         cfg = self._cfg
         if cfg.image_shape[0] == 4:
             data = mx.nd.concat(data, mx.nd.zeros_like(data[:, :1]), dim=1)
-        if cfg.layout == "NHWC":
+        if cfg.input_layout == "NHWC":
             data = mx.nd.transpose(data, axes=(0, 2, 3, 1))
         if cfg.dtype != "float32":
             data = data.astype(cfg.dtype)
@@ -332,7 +318,7 @@ class _RecordIterSplit(DeviceIter):
                 for i, ctx in enumerate(self.contexts)]
 
 
-class _LimitedIter(DeviceIter):
+class _LimitedIter(DataIterBase):
     """Cut epochs to ``batches`` batches of an inner iterator that keeps running across them.
 
     Used for ``--num-examples`` and ``--benchmark-iters``: the inner iterator is reset only when it runs out, so a
@@ -366,32 +352,38 @@ def limit_batches(it, batches: int | None):
 
 
 def get_iters(cfg: DataConfig, contexts: Sequence, rank: int = 0, num_workers: int = 1, want_val: bool = True,
-              want_train: bool = True):
-    """(train iterator or None, val iterator or None) for this process's ``contexts``; checks the inputs first."""
+              want_train: bool = True, max_batches: int | None = None, progress=None):
+    """(train iterator or None, val iterator or None) for this process's ``contexts``; checks the inputs first
+    (``progress``: see ``check_record_files``). ``max_batches`` (``--benchmark-iters``) cuts every training epoch
+    and every validation pass to that many batches, as NVIDIA's benchmark mode does."""
     check_backend(cfg, contexts)
-    if cfg.backend == "synthetic":
+    if cfg.data_backend == "synthetic":
         n_train = cfg.num_examples or IMAGENET_TRAIN_IMAGES
+        n_val = cfg.num_val_examples or round(n_train * IMAGENET_VAL_IMAGES / IMAGENET_TRAIN_IMAGES)
         train = _SyntheticIter(cfg, contexts, max(1, n_train // num_workers // cfg.batch_size), cfg.seed) \
             if want_train else None
-        val = None
-        if want_val:
-            val = _SyntheticIter(cfg, contexts, max(1, math.ceil(IMAGENET_VAL_IMAGES / num_workers / cfg.batch_size)),
-                                 None if cfg.seed is None else cfg.seed + 1)
-        return train, val
-    counts = check_record_files(cfg)
-    if cfg.backend.startswith("dali"):
-        import dali
-
-        train = dali.get_rec_iter(cfg, contexts, train=True, rank=rank, num_workers=num_workers) \
-            if want_train else None
-        val = dali.get_rec_iter(cfg, contexts, train=False, rank=rank, num_workers=num_workers) \
-            if want_val and cfg.val_rec else None
+        val = _SyntheticIter(cfg, contexts, max(1, math.ceil(n_val / num_workers / cfg.batch_size)),
+                             None if cfg.seed is None else cfg.seed + 1) if want_val else None
     else:
-        cls = _RecordIterSplit
-        train = cls(cfg, contexts, True, rank, num_workers, counts["train"]) if want_train else None
-        val = cls(cfg, contexts, False, rank, num_workers, counts["val"]) if want_val and cfg.val_rec else None
-    if cfg.num_examples is not None and train is not None:
-        train = limit_batches(train, max(1, math.ceil(cfg.num_examples / num_workers / cfg.batch_size)))
+        counts = check_record_files(cfg, want_train, want_val, progress)
+        want_val = want_val and cfg.data_val is not None
+        want_train = want_train and cfg.data_train is not None
+        if cfg.data_backend.startswith("dali"):
+            import dali
+
+            train = dali.get_rec_iter(cfg, contexts, train=True, rank=rank, num_workers=num_workers) \
+                if want_train else None
+            val = dali.get_rec_iter(cfg, contexts, train=False, rank=rank, num_workers=num_workers) \
+                if want_val else None
+        else:
+            cls = _RecordIterSplit
+            train = cls(cfg, contexts, True, rank, num_workers, counts["train"]) if want_train else None
+            val = cls(cfg, contexts, False, rank, num_workers, counts["val"]) if want_val else None
+        if cfg.num_examples is not None and train is not None:
+            train = limit_batches(train, max(1, math.ceil(cfg.num_examples / num_workers / cfg.batch_size)))
+    if max_batches is not None:  # a pass never wraps around the (smaller) validation set
+        train = limit_batches(train, max_batches) if train is not None else None
+        val = limit_batches(val, min(max_batches, val.batches_per_epoch)) if val is not None else None
     return train, val
 
 
@@ -435,20 +427,40 @@ def time_iterator(it, iters: int, warmup: int) -> float:
     return iters * it.batch_size / (time.perf_counter() - t0)
 
 
+def check_batch_memory(cfg: DataConfig, in_flight: int = 4) -> None:
+    """``python data.py``'s own check: the batches in flight (the pipelines' prefetch queues, the batch being timed)
+    must fit in memory; a one-line ``UsageError`` with the largest batch that does, instead of a MemoryError."""
+    import memory
+
+    per_image = int(np.prod(cfg.image_shape)) * np.dtype(cfg.dtype).itemsize * in_flight
+    avail, source = memory.available_bytes()
+    budget = int(avail * (1 - memory.MARGIN))
+    if cfg.batch_size * per_image > budget:
+        raise UsageError(f"-b {cfg.batch_size}: {in_flight} batches of {'x'.join(map(str, cfg.image_shape))} "
+                         f"{cfg.dtype} images in flight need about {cfg.batch_size * per_image / 2**30:.1f} GiB; "
+                         f"{avail / 2**30:.1f} GiB are available ({source}); the largest batch that fits is about "
+                         f"{budget // per_image}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    for flag, v, low in (("-b", args.batch_size, 1), ("-n", args.num_devices, 1), ("-i", args.iters, 1),
+                         ("--warmup", args.warmup, 0)):
+        if v < low:
+            raise UsageError(f"{flag} {v}: must be at least {low}")
     gpus = num_gpus()
-    if args.num_devices < 1:
-        raise UsageError(f"-n {args.num_devices}: must be at least 1")
     if gpus and args.num_devices > gpus:
         raise UsageError(f"-n {args.num_devices}: only {gpus} GPU(s) visible")
     contexts = [mx.gpu(i) if gpus else mx.cpu(i) for i in range(args.num_devices)]
-    cfg = config_from_args(args, args.batch_size, args.dtype, have_gpu=bool(gpus), seed=args.seed)
+    import dali
+
+    cfg = resolve(config_from(DataConfig, args, dali=config_from(dali.DaliConfig, args)), have_gpu=bool(gpus))
+    check_batch_memory(cfg)
     train, val = get_iters(cfg, contexts)
-    print(f"{cfg.backend}: train {time_iterator(train, args.iters, args.warmup):.1f} img/s", end="")
+    print(f"{cfg.data_backend}: train {time_iterator(train, args.iters, args.warmup):.1f} img/s", end="")
     if val is not None:
         print(f", val {time_iterator(val, args.iters, args.warmup):.1f} img/s", end="")
-    print(f" (batch {cfg.batch_size}, {len(contexts)} device(s), {cfg.image_shape} {cfg.layout} {cfg.dtype})")
+    print(f" (batch {cfg.batch_size}, {len(contexts)} device(s), {cfg.image_shape} {cfg.input_layout} {cfg.dtype})")
     return 0
 
 

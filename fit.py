@@ -9,39 +9,41 @@ that it can:
 * time every iteration honestly: wall time from asking for the batch to the end of the update, with
   ``mx.nd.waitall()`` as the synchronization point, the first iterations of each epoch left out (``warmup_iters``;
   their number is reported), timers started afresh every epoch;
-* stop cleanly on SIGINT/SIGTERM at the next iteration boundary, write a checkpoint of the partial epoch and the
-  report, and exit 128+signal saying how to resume; ``--load-epoch`` resumes it at the same iteration with the same
-  optimizer state and LR step, so the weights equal those of an uninterrupted run (given the same data order);
+* stop cleanly on SIGINT/SIGTERM within one batch wherever the signal lands (training, validation, scoring, saving):
+  a signal in a training epoch writes a partial checkpoint at the iteration it reached, one in validation or saving
+  a complete checkpoint of the epoch just trained; then the report, and exit 128+signal saying how to resume.
+  ``--load-epoch``/``--resume`` continue at the same iteration with the same optimizer state and LR step, so the
+  weights equal those of an uninterrupted run (given the same data order);
 * stop on a NaN or infinite loss without writing a checkpoint, so the last good one stays;
-* write every file atomically (temporary name, then rename);
+* stop on a record that cannot be decoded (``common.DataError``) or an output that cannot be written
+  (``common.OutputError``) with a checkpoint where one can be written, the report's status ``failed`` and its
+  reason, and one line;
 * scale the loss dynamically (``--amp``): MXNet's AMP loss scaler works with Gluon's ``Trainer`` only, so the
   Module path has its own with the same policy (``DynamicLossScaler``).
 
-Checkpoints are MXNet's own format, ``<prefix>-symbol.json`` and ``<prefix>-NNNN.params`` (``mx.model.
-load_checkpoint`` reads them; NNNN = epochs done), plus ``<prefix>-NNNN.states`` (optimizer state) and
-``<prefix>-NNNN.json`` (where the run was: epoch, iteration, LR step; ``partial`` for an interrupted epoch).
+Checkpoints and their manifest: ``checkpoint.py``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import mxnet as mx
 import numpy as np
 
-from common import UsageError, atomic_path, float_list, write_json
+import checkpoint
+from common import EXIT_DIVERGED, DataError, StopFlag, UsageError, finite_float, float_list
 
 log = logging.getLogger(__name__)
 
-EXIT_DIVERGED = 3
 LOSS_EPS = 1e-12  # as MXNet's CrossEntropy metric (NVIDIA's train.loss)
+AMP_INIT_SCALE = 2.0 ** 16  # MXNet AMP's LossScaler: initial scale, its ceiling, doubling period
+AMP_MAX_SCALE = 2.0 ** 24
 
 
 def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -55,16 +57,17 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                         "batchnorm statistics and loss)")
     g.add_argument("--batch-size", type=int, default=256, help="global batch (all devices; the runner sets it)")
     g.add_argument("--num-epochs", type=int, default=90, help="epochs to train")
-    g.add_argument("--lr", type=float, default=0.1, help="learning rate for the global batch")
+    g.add_argument("--lr", type=finite_float, default=0.1, help="learning rate for the global batch")
     g.add_argument("--lr-schedule", choices=("multistep", "cosine"), default="multistep",
                    help="multistep: x --lr-factor at each of --lr-step-epochs; cosine: from the end of warmup to 0")
-    g.add_argument("--lr-factor", type=float, default=0.1, help="multistep decay factor")
-    g.add_argument("--lr-step-epochs", type=float_list, default=(30.0, 60.0, 80.0), help="multistep epochs")
-    g.add_argument("--warmup-epochs", type=float, default=5, help="linear LR warmup, epochs")
-    g.add_argument("--mom", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--wd", type=float, default=1e-4, help="weight decay")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon (0: off)")
-    g.add_argument("--loss-scale", type=float, default=None,
+    g.add_argument("--lr-factor", type=finite_float, default=0.1, help="multistep decay factor")
+    g.add_argument("--lr-step-epochs", type=float_list, default=(30.0, 60.0, 80.0),
+                   help="multistep epochs, in increasing order")
+    g.add_argument("--warmup-epochs", type=finite_float, default=5, help="linear LR warmup, epochs")
+    g.add_argument("--mom", type=finite_float, default=0.9, help="SGD momentum")
+    g.add_argument("--wd", type=finite_float, default=1e-4, help="weight decay")
+    g.add_argument("--label-smoothing", type=finite_float, default=0.0, help="label smoothing epsilon (0: off)")
+    g.add_argument("--loss-scale", type=finite_float, default=None,
                    help="static loss scaling: the loss gradient is multiplied by this and the update divides it "
                         "out (keeps small fp16 gradients from underflowing; a power of two, e.g. 128; default 1); "
                         "with --amp, the initial dynamic scale")
@@ -75,13 +78,21 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--amp-scale-window", type=int, default=2000,
                    help="with --amp: clean iterations before the loss scale is doubled")
     g.add_argument("--model-prefix", type=Path, default=None,
-                   help="checkpoint prefix: <prefix>-symbol.json, <prefix>-NNNN.params (none written if unset)")
+                   help="checkpoint prefix: <prefix>-symbol.json, <prefix>-NNNN.params/.states/.json (none written "
+                        "if unset)")
     g.add_argument("--save-period", type=int, default=1, help="checkpoint every N epochs (and at the last one)")
+    g.add_argument("--save-keep", type=int, default=None,
+                   help="keep only the K newest epoch checkpoints, deleting older ones once a newer one is complete "
+                        "(default: keep all)")
     g.add_argument("--load-epoch", type=int, default=None,
-                   help="resume from (or, with --only-inference, score) <prefix>-NNNN.params")
+                   help="resume from (or, with --only-inference, score) checkpoint NNNN of --model-prefix (the "
+                        "partial one of that number if a signal stopped epoch NNNN)")
+    g.add_argument("--resume", action="store_true",
+                   help="resume from the newest complete checkpoint of --model-prefix (partial ones included), or "
+                        "start afresh if there is none: the same command line restarts a run wherever it stopped")
     g.add_argument("--benchmark-iters", type=int, default=None,
-                   help="cut every training epoch (or --only-inference pass) to this many iterations; the "
-                        "validation after each epoch still covers the whole val set")
+                   help="cut every training epoch, validation pass and --only-inference pass to this many "
+                        "iterations (NVIDIA's benchmark mode)")
     g.add_argument("--no-metrics", action="store_true", help="skip top-1/top-5 (timing and the loss remain)")
     g.add_argument("--no-val", action="store_true", help="skip the validation pass after each epoch")
     g.add_argument("--only-inference", action="store_true",
@@ -95,64 +106,85 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 @dataclass(frozen=True)
 class FitConfig:
-    num_epochs: int
-    lr: float
-    lr_schedule: str
-    lr_factor: float
-    lr_step_epochs: tuple
-    warmup_epochs: float
-    mom: float
-    wd: float
-    batch_size: int
-    kv_store: str
-    model_prefix: Path | None
-    save_period: int
-    load_epoch: int | None
-    no_metrics: bool
-    no_val: bool
-    only_inference: bool
-    disp_batches: int
-    loss_scale: float = 1.0
+    """The training flags (field names are the flags' names), checked when made."""
+    num_epochs: int = 90
+    lr: float = 0.1
+    lr_schedule: str = "multistep"
+    lr_factor: float = 0.1
+    lr_step_epochs: tuple = (30.0, 60.0, 80.0)
+    warmup_epochs: float = 5
+    mom: float = 0.9
+    wd: float = 1e-4
+    label_smoothing: float = 0.0
+    batch_size: int = 256
+    kv_store: str = "device"
+    model_prefix: Path | None = None
+    save_period: int = 1
+    save_keep: int | None = None
+    load_epoch: int | None = None
+    resume: bool = False
+    benchmark_iters: int | None = None
+    no_metrics: bool = False
+    no_val: bool = False
+    only_inference: bool = False
+    disp_batches: int = 20
+    loss_scale: float | None = None
     amp: bool = False
     amp_scale_window: int = 2000
+    seed: int | None = None
+    model: dict = field(default_factory=dict, compare=False)  # the model's identity, recorded in checkpoints
 
+    def __post_init__(self):
+        for flag, v, low in (("--num-epochs", self.num_epochs, 1), ("--save-period", self.save_period, 1),
+                             ("--disp-batches", self.disp_batches, 1), ("--batch-size", self.batch_size, 1),
+                             ("--amp-scale-window", self.amp_scale_window, 1), ("--save-keep", self.save_keep, 1),
+                             ("--benchmark-iters", self.benchmark_iters, 1), ("--load-epoch", self.load_epoch, 0),
+                             ("--seed", self.seed, 0)):
+            if v is not None and v < low:
+                raise UsageError(f"{flag} {v}: must be at least {low}")
+        if self.seed is not None and self.seed >= 2 ** 31:
+            raise UsageError(f"--seed {self.seed}: must be below 2^31")
+        if not self.lr > 0:
+            raise UsageError(f"--lr {self.lr:g}: must be positive")
+        if self.warmup_epochs < 0:
+            raise UsageError(f"--warmup-epochs {self.warmup_epochs:g}: must be at least 0")
+        if not 0 < self.lr_factor <= 1:
+            raise UsageError(f"--lr-factor {self.lr_factor:g}: must be in (0, 1]")
+        steps = tuple(self.lr_step_epochs)
+        if any(not math.isfinite(e) or e < 0 for e in steps) or list(steps) != sorted(set(steps)):
+            raise UsageError(f"--lr-step-epochs {','.join(f'{e:g}' for e in steps)}: must be increasing epochs "
+                             "(e.g. 30,60,80)")
+        if not 0 <= self.mom < 1:
+            raise UsageError(f"--mom {self.mom:g}: must be in [0, 1)")
+        if self.wd < 0:
+            raise UsageError(f"--wd {self.wd:g}: must be at least 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing {self.label_smoothing:g}: must be in [0, 1)")
+        if self.loss_scale is not None and not self.loss_scale > 0:
+            raise UsageError(f"--loss-scale {self.loss_scale:g}: must be positive")
+        if self.amp and self.loss_scale is not None and self.loss_scale > AMP_MAX_SCALE:
+            raise UsageError(f"--loss-scale {self.loss_scale:g}: with --amp at most 2^24 (16777216), MXNet AMP's "
+                             "ceiling")
+        for flag, on in (("--load-epoch", self.load_epoch is not None), ("--resume", self.resume),
+                         ("--save-keep", self.save_keep is not None)):
+            if on and self.model_prefix is None:
+                raise UsageError(f"{flag} needs --model-prefix (the checkpoints' prefix)")
+        if self.resume and self.load_epoch is not None:
+            raise UsageError("--resume and --load-epoch: give one (--resume takes the newest checkpoint)")
+        if self.resume and self.only_inference:
+            raise UsageError("--resume is for training; score a checkpoint with --load-epoch N")
 
-AMP_INIT_SCALE = 2.0 ** 16  # MXNet AMP's LossScaler: initial scale, its ceiling, doubling period
-AMP_MAX_SCALE = 2.0 ** 24
+    @property
+    def static_loss_scale(self) -> float:
+        """The loss gradient's fixed factor in the symbol (``--amp`` scales it at run time instead)."""
+        return 1.0 if self.amp or self.loss_scale is None else self.loss_scale
 
-
-def initial_loss_scale(args) -> float:
-    """The static scale, or with --amp the first dynamic one."""
-    if args.loss_scale is not None:
-        return args.loss_scale
-    return AMP_INIT_SCALE if args.amp else 1.0
-
-
-def config_from_args(args) -> FitConfig:
-    for flag, v, low in (("--num-epochs", args.num_epochs, 1), ("--save-period", args.save_period, 1),
-                         ("--disp-batches", args.disp_batches, 1)):
-        if v < low:
-            raise UsageError(f"{flag} {v}: must be at least {low}")
-    if args.lr <= 0:
-        raise UsageError(f"--lr {args.lr}: must be positive")
-    if args.benchmark_iters is not None and args.benchmark_iters < 1:
-        raise UsageError(f"--benchmark-iters {args.benchmark_iters}: must be at least 1")
-    if not 0 <= args.label_smoothing < 1:
-        raise UsageError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
-    if args.loss_scale is not None and not args.loss_scale > 0:
-        raise UsageError(f"--loss-scale {args.loss_scale}: must be positive")
-    if args.amp and args.loss_scale is not None and args.loss_scale > AMP_MAX_SCALE:
-        raise UsageError(f"--loss-scale {args.loss_scale:g}: with --amp at most 2^24 (16777216), MXNet AMP's ceiling")
-    if args.amp_scale_window < 1:
-        raise UsageError(f"--amp-scale-window {args.amp_scale_window}: must be at least 1")
-    if args.load_epoch is not None and args.model_prefix is None:
-        raise UsageError("--load-epoch needs --model-prefix (the checkpoint's prefix)")
-    return FitConfig(num_epochs=args.num_epochs, lr=args.lr, lr_schedule=args.lr_schedule, lr_factor=args.lr_factor,
-                     lr_step_epochs=tuple(args.lr_step_epochs), warmup_epochs=args.warmup_epochs, mom=args.mom,
-                     wd=args.wd, batch_size=args.batch_size, kv_store=args.kv_store, model_prefix=args.model_prefix,
-                     save_period=args.save_period, load_epoch=args.load_epoch, no_metrics=args.no_metrics,
-                     no_val=args.no_val, only_inference=args.only_inference, disp_batches=args.disp_batches,
-                     loss_scale=initial_loss_scale(args), amp=args.amp, amp_scale_window=args.amp_scale_window)
+    @property
+    def initial_loss_scale(self) -> float:
+        """The static scale, or with ``--amp`` the first dynamic one."""
+        if self.loss_scale is not None:
+            return self.loss_scale
+        return AMP_INIT_SCALE if self.amp else 1.0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -178,51 +210,6 @@ class Schedule(mx.lr_scheduler.LRScheduler):
 
     def __call__(self, num_update):
         return self.lr_at(self.step)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_paths(prefix: Path, epoch: int) -> dict:
-    return {"symbol": Path(f"{prefix}-symbol.json"), "params": Path(f"{prefix}-{epoch:04d}.params"),
-            "states": Path(f"{prefix}-{epoch:04d}.states"), "meta": Path(f"{prefix}-{epoch:04d}.json")}
-
-
-def save_checkpoint(mod: mx.mod.Module, sym: mx.sym.Symbol, prefix: Path, epoch: int, meta: dict) -> None:
-    """Write symbol, params, optimizer states, then the meta file (the last one marks the checkpoint complete).
-    ``sym`` is the model's symbol, without the ``--amp`` loss scaler of the training graph (nor its argument)."""
-    paths = checkpoint_paths(prefix, epoch)
-    with atomic_path(paths["symbol"]) as tmp:
-        sym.save(str(tmp))
-    arg, aux = mod.get_params()
-    blob = {f"arg:{k}": v for k, v in arg.items() if k != AMP_SCALE}
-    blob.update({f"aux:{k}": v for k, v in aux.items()})
-    with atomic_path(paths["params"]) as tmp:
-        mx.nd.save(str(tmp), blob)
-    if mod.optimizer_initialized:
-        with atomic_path(paths["states"]) as tmp:
-            mod.save_optimizer_states(str(tmp))
-    write_json(paths["meta"], meta)
-
-
-def find_checkpoint(prefix: Path, epoch: int) -> dict:
-    """Params (and meta, states if present) of ``<prefix>-NNNN``; a UsageError naming what exists otherwise."""
-    paths = checkpoint_paths(prefix, epoch)
-    if not paths["params"].is_file():
-        have = sorted(p.name for p in Path(prefix).parent.glob(f"{Path(prefix).name}-[0-9][0-9][0-9][0-9].params"))
-        hint = f"checkpoints there: {', '.join(have)}" if have else "no checkpoints with that prefix"
-        raise UsageError(f"--load-epoch {epoch}: {paths['params']} not found ({hint})")
-    meta = json.loads(paths["meta"].read_text()) if paths["meta"].is_file() else \
-        {"epoch": epoch, "batch": 0, "partial": False}
-    return {"paths": paths, "meta": meta}
-
-
-def load_params(path: Path):
-    saved = mx.nd.load(str(path))
-    arg = {k[4:]: v for k, v in saved.items() if k.startswith("arg:")}
-    aux = {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}
-    return arg, aux
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -293,32 +280,6 @@ class Meter:
                 out["top1"] = 100.0 * self.top1 / self.n
                 out["top5"] = 100.0 * self.top5 / self.n
         return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Signals
-
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag that the loop reads at iteration boundaries; a second signal acts as usual."""
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -415,8 +376,11 @@ def _next(it):
 
 def run_epoch(mod, it, meter: Meter, train: bool, stop: StopFlag | None = None, schedule: Schedule | None = None,
               on_iter=None, skip: int = 0, scaler: DynamicLossScaler | None = None) -> str:
-    """One pass over ``it`` (training when ``train``). Returns "done", "stopped" (signal) or "diverged"."""
+    """One pass over ``it`` (training when ``train``). Returns "done", "stopped" (a signal, seen after the batch in
+    flight) or "diverged". A record that cannot be decoded raises the iterator's ``DataError``."""
     for _ in range(skip):  # a resumed partial epoch: pass over the batches it had already trained on
+        if stop is not None and stop.signum is not None:
+            return "stopped"
         if _next(it) is None:
             break
     i = skip
@@ -469,124 +433,174 @@ def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_d
     kv = mx.kvstore.create(cfg.kv_store) if num_devices > 1 else None
     params = {"learning_rate": cfg.lr, "momentum": cfg.mom, "wd": cfg.wd, "multi_precision": True,
               "lr_scheduler": schedule}
-    if cfg.loss_scale != 1.0:  # the symbol's loss gradient is scaled by loss_scale: divide it out with the batch
-        params["rescale_grad"] = 1.0 / (mod.data_shapes[0].shape[0] * cfg.loss_scale)
+    if cfg.static_loss_scale != 1.0:  # the symbol's loss gradient is scaled: divide it out with the batch
+        params["rescale_grad"] = 1.0 / (mod.data_shapes[0].shape[0] * cfg.static_loss_scale)
     mod.init_optimizer(kvstore=kv, optimizer="sgd", optimizer_params=params)
 
 
-def create_module(sym, contexts, train_it, for_training: bool) -> mx.mod.Module:
+def create_module(sym, contexts, data_it, for_training: bool) -> mx.mod.Module:
     fixed = [AMP_SCALE] if AMP_SCALE in sym.list_arguments() else None
     mod = mx.mod.Module(sym, context=list(contexts), data_names=["data"], label_names=["softmax_label"],
                         fixed_param_names=fixed)
-    mod.bind(data_shapes=train_it.provide_data, label_shapes=train_it.provide_label, for_training=for_training)
+    mod.bind(data_shapes=data_it.provide_data, label_shapes=data_it.provide_label, for_training=for_training)
     return mod
 
 
+def load_weights(mod: mx.mod.Module, sym: mx.sym.Symbol, ckpt: checkpoint.Checkpoint, data_shape,
+                 extra_args: dict | None = None) -> None:
+    """Set ``mod``'s parameters from ``ckpt``, after checking they fit the model (a ``UsageError`` naming the flag
+    otherwise)."""
+    arg, aux = checkpoint.load_params(ckpt)
+    arg_shapes, _, aux_shapes = sym.infer_shape(data=data_shape)
+    want_arg = {n: s for n, s in zip(sym.list_arguments(), arg_shapes) if n not in ("data", "softmax_label")}
+    checkpoint.check_shapes(ckpt.files["params"], arg, aux, want_arg,
+                            dict(zip(sym.list_auxiliary_states(), aux_shapes)))
+    mod.init_params(None, arg_params={**arg, **(extra_args or {})}, aux_params=aux, allow_missing=False)
+
+
+class Trainer:
+    """One training run's state between epochs: the module, the schedule, the loss scaler, the report, and the
+    checkpoints it writes (``save``) and where it stops (``interrupted``)."""
+
+    def __init__(self, cfg: FitConfig, sym, mod, schedule: Schedule, scaler, report, global_batch: int):
+        self.cfg, self.sym, self.mod, self.schedule, self.scaler = cfg, sym, mod, schedule, scaler
+        self.report, self.global_batch = report, global_batch
+        self.last_good: str | None = None  # the newest complete checkpoint of this run
+
+    def save(self, number: int, batch: int, partial: bool) -> None:
+        """Checkpoint ``number`` (epochs done, or for a partial one the epoch it stopped in, after ``batch``
+        iterations); with ``--save-keep``, older complete ones are removed once this one is complete."""
+        cfg = self.cfg
+        if cfg.model_prefix is None:
+            return
+        log.info("writing checkpoint %s-%04d%s", cfg.model_prefix, number, "-partial" if partial else "")
+        arg, aux = self.mod.get_params()
+        blob = {f"arg:{k}": v for k, v in arg.items() if k != AMP_SCALE}
+        blob.update({f"aux:{k}": v for k, v in aux.items()})
+        meta = {"batch": batch, "step": self.schedule.step}
+        if self.scaler:
+            meta["loss_scale"] = self.scaler.scale
+        ckpt = checkpoint.save(cfg.model_prefix, number, partial, symbol=self.sym, params=blob,
+                               write_states=self.mod.save_optimizer_states if self.mod.optimizer_initialized
+                               else None, meta=meta, model=cfg.model)
+        self.report.add_checkpoint(str(cfg.model_prefix), number, partial)
+        if not partial:
+            self.last_good = ckpt.name
+            removed = checkpoint.prune(cfg.model_prefix, ckpt, cfg.save_keep)
+            if removed:
+                log.info("removed older checkpoints: %s", ", ".join(Path(r).name for r in removed))
+
+    def train_stats(self, meter: Meter, skipped_before: int) -> dict:
+        stats = meter.summary(self.global_batch)
+        stats["lr"] = self.schedule.lr_at(max(self.schedule.step - 1, 0))
+        if self.scaler:
+            stats["loss_scale"] = self.scaler.scale
+            stats["amp_skipped"] = self.scaler.skipped - skipped_before
+        return stats
+
+    def interrupted(self, stop: StopFlag, epoch: int, batches_done: int, epoch_complete: bool) -> int:
+        """Checkpoint where the signal stopped the run, write the report, say how to resume; the exit status."""
+        cfg = self.cfg
+        where = f"after epoch {epoch}" if epoch_complete else f"in epoch {epoch} after {batches_done} iterations"
+        if cfg.model_prefix is None:
+            self.report.save("interrupted")
+            log.error("%s: stopped %s; no --model-prefix, so no checkpoint to resume from", stop.name, where)
+            return 128 + stop.signum
+        number = epoch + 1
+        name = f"{cfg.model_prefix}-{number:04d}{'' if epoch_complete else '-partial'}"
+        if name != self.last_good:  # not already written at the end of the epoch
+            self.save(number, 0 if epoch_complete else batches_done, partial=not epoch_complete)
+        self.report.save("interrupted")
+        log.error("%s: stopped %s; checkpoint %s written. Resume: run the same command with --resume (or "
+                  "--load-epoch %d)", stop.name, where, name, number)
+        return 128 + stop.signum
+
+
 def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it, report, initializer,
-        num_workers: int = 1) -> int:
-    """Train (or score, with ``only_inference``). Returns the process exit status."""
+        stop: StopFlag, resume: checkpoint.Checkpoint | None = None, num_workers: int = 1) -> int:
+    """Train (or score, with ``only_inference``). Returns the process exit status; a ``DataError`` or
+    ``OutputError`` propagates after the checkpoint that could be written."""
     global_batch = cfg.batch_size * num_workers
     if cfg.only_inference:
-        return score(cfg, sym, contexts, val_it, report, initializer, global_batch)
-    ckpt = find_checkpoint(cfg.model_prefix, cfg.load_epoch) if cfg.load_epoch is not None else None
+        return score(cfg, sym, contexts, val_it, report, initializer, global_batch, stop, resume)
     iters_per_epoch = train_it.batches_per_epoch
     mod = create_module(add_loss_scaler(sym) if cfg.amp else sym, contexts, train_it, for_training=True)
-    arg = aux = None
-    if ckpt:
-        arg, aux = load_params(ckpt["paths"]["params"])
-    if cfg.amp:  # the scale's value is set below; every other parameter comes from the checkpoint if there is one
-        arg = {**(arg or {}), AMP_SCALE: mx.nd.ones((1,))}
-    mod.init_params(initializer, arg_params=arg, aux_params=aux, allow_missing=cfg.amp and ckpt is None)
+    amp_arg = {AMP_SCALE: mx.nd.ones((1,))} if cfg.amp else {}  # its value is set by the scaler below
+    if resume is not None:
+        load_weights(mod, sym, resume, train_it.provide_data[0].shape, amp_arg)
+    else:
+        mod.init_params(initializer, arg_params=amp_arg or None, allow_missing=cfg.amp)
     schedule = Schedule(cfg, iters_per_epoch)
     init_optimizer(mod, cfg, schedule, len(contexts))
     scaler = None
     if cfg.amp:
-        start = cfg.loss_scale
-        if ckpt and "loss_scale" in ckpt["meta"]:
-            start = ckpt["meta"]["loss_scale"]
+        start = resume.meta.get("loss_scale", cfg.initial_loss_scale) if resume else cfg.initial_loss_scale
         scaler = DynamicLossScaler(mod, start, cfg.amp_scale_window, mod.data_shapes[0].shape[0])
     begin_epoch, skip = 0, 0
-    if ckpt:
-        meta = ckpt["meta"]
-        if ckpt["paths"]["states"].is_file():
-            mod.load_optimizer_states(str(ckpt["paths"]["states"]))
+    run = Trainer(cfg, sym, mod, schedule, scaler, report, global_batch)
+    if cfg.model_prefix is not None:
+        stale = checkpoint.remove_stale_temporaries(cfg.model_prefix)
+        if stale:
+            log.warning("removed %d temporary file(s) of an interrupted save: %s", len(stale), ", ".join(stale))
+    if resume is not None:
+        if "states" in resume.meta.get("files", {}):
+            checkpoint.states_loader(resume.files["states"])(mod)
         else:
-            log.warning("%s not found: momentum starts from zero", ckpt["paths"]["states"])
-        if meta.get("partial"):
-            begin_epoch, skip = meta["epoch"] - 1, meta["batch"]
-        else:
-            begin_epoch = meta["epoch"]
-        schedule.step = meta.get("step", begin_epoch * iters_per_epoch + skip)
-        log.info("resuming from %s: epoch %d, iteration %d", ckpt["paths"]["params"], begin_epoch, skip)
-    last_good = cfg.load_epoch
-    with StopFlag() as stop:
-        for epoch in range(begin_epoch, cfg.num_epochs):
-            meter = Meter(not cfg.no_metrics)
-            on_iter = _progress(epoch, iters_per_epoch, global_batch, cfg, schedule, meter)
-            skipped_before = scaler.skipped if scaler else 0
-            state = run_epoch(mod, train_it, meter, True, stop, schedule, on_iter, skip, scaler)
-            if state == "done":
-                train_it.reset()  # iterators are reset after a finished epoch (DALI refuses a reset mid-epoch)
-            batches_done = skip + len(meter.times)
-            skip = 0
-            train_stats = meter.summary(global_batch)
-            train_stats["lr"] = schedule.lr_at(max(schedule.step - 1, 0))
-            if scaler:
-                train_stats["loss_scale"] = scaler.scale
-                train_stats["amp_skipped"] = scaler.skipped - skipped_before
-            if state == "diverged":
+            log.warning("%s has no optimizer state: momentum starts from zero", resume.name)
+        begin_epoch, skip = (resume.epoch - 1, resume.meta.get("batch", 0)) if resume.partial else (resume.epoch, 0)
+        schedule.step = resume.meta.get("step", begin_epoch * iters_per_epoch + skip)
+        run.last_good = None if resume.partial else resume.name
+        log.info("resuming from %s: epoch %d, iteration %d", resume.name, begin_epoch, skip)
+    for epoch in range(begin_epoch, cfg.num_epochs):
+        meter = Meter(not cfg.no_metrics)
+        skipped_before = scaler.skipped if scaler else 0
+        try:
+            state = run_epoch(mod, train_it, meter, True, stop, schedule,
+                              _progress(epoch, iters_per_epoch, global_batch, cfg, schedule, meter), skip, scaler)
+        except DataError:
+            report.add_epoch(epoch, train=run.train_stats(meter, skipped_before))
+            run.save(epoch + 1, skip + len(meter.times), partial=True)
+            raise
+        if state == "done":
+            train_it.reset()  # iterators are reset after a finished epoch (DALI refuses a reset mid-epoch)
+        batches_done = skip + len(meter.times)
+        skip = 0
+        train_stats = run.train_stats(meter, skipped_before)
+        if state == "diverged":
+            report.add_epoch(epoch, train=train_stats)
+            report.save("diverged")
+            log.error("the loss became NaN or infinite in epoch %d at iteration %d; stopped without saving "
+                      "(last good checkpoint: %s). Lower --lr or check the data.", epoch, batches_done,
+                      run.last_good or "none")
+            return EXIT_DIVERGED
+        if state == "stopped":
+            report.add_epoch(epoch, train=train_stats)
+            return run.interrupted(stop, epoch, batches_done, epoch_complete=False)
+        val_stats, val_state = None, "done"
+        if val_it is not None and not cfg.no_val:
+            log.info("Epoch[%d] validation: %d batches", epoch, val_it.batches_per_epoch)
+            vmeter = Meter(not cfg.no_metrics)
+            try:
+                val_state = run_epoch(mod, val_it, vmeter, False, stop)
+            except DataError:
                 report.add_epoch(epoch, train=train_stats)
-                report.save("diverged")
-                kept = f"{cfg.model_prefix}-{last_good:04d}" if last_good is not None and cfg.model_prefix else "none"
-                log.error("the loss became NaN or infinite in epoch %d at iteration %d; stopped without saving "
-                          "(last good checkpoint: %s). Lower --lr or check the data.", epoch, batches_done, kept)
-                return EXIT_DIVERGED
-            if state == "stopped":
-                report.add_epoch(epoch, train=train_stats)
-                return _interrupted(mod, sym, cfg, report, epoch, batches_done, schedule, stop.signum,
-                                    scaler=scaler)
-            val_stats = None
-            if val_it is not None and not cfg.no_val:
-                vmeter = Meter(not cfg.no_metrics)
-                run_epoch(mod, val_it, vmeter, False)
+                run.save(epoch + 1, 0, partial=False)
+                raise
+            if val_state == "done":
                 val_it.reset()
                 val_stats = vmeter.summary(global_batch, latencies=True)
-            report.add_epoch(epoch, train=train_stats, val=val_stats)
-            _log_epoch(epoch, train_stats, val_stats)
-            done = epoch + 1
-            if cfg.model_prefix is not None and (done % cfg.save_period == 0 or done == cfg.num_epochs):
-                save_checkpoint(mod, sym, cfg.model_prefix, done,
-                                {"epoch": done, "batch": 0, "partial": False, "step": schedule.step,
-                                 **({"loss_scale": scaler.scale} if scaler else {})})
-                report.add_checkpoint(str(cfg.model_prefix), done, False)
-                last_good = done
-            report.save()
-            if stop.signum is not None:  # the signal came during validation or saving
-                return _interrupted(mod, sym, cfg, report, done, 0, schedule, stop.signum, epoch_complete=True,
-                                    scaler=scaler)
+        report.add_epoch(epoch, train=train_stats, val=val_stats)
+        _log_epoch(epoch, train_stats, val_stats)
+        if val_state == "stopped":  # the epoch is trained: its checkpoint is a complete one
+            return run.interrupted(stop, epoch, batches_done, epoch_complete=True)
+        done = epoch + 1
+        if done % cfg.save_period == 0 or done == cfg.num_epochs:
+            run.save(done, 0, partial=False)
+        report.save()
+        if stop.signum is not None:  # the signal came while saving (or validation was off)
+            return run.interrupted(stop, epoch, batches_done, epoch_complete=True)
     report.save("completed")
     return 0
-
-
-def _interrupted(mod, sym, cfg, report, epoch, batches_done, schedule, signum, epoch_complete=False,
-                 scaler: DynamicLossScaler | None = None) -> int:
-    name = signal.Signals(signum).name
-    if cfg.model_prefix is None:
-        report.save("interrupted")
-        log.error("%s: stopped in epoch %d after %d iterations; no --model-prefix, so no checkpoint to resume "
-                  "from", name, epoch, batches_done)
-        return 128 + signum
-    number = epoch if epoch_complete else epoch + 1
-    partial = not epoch_complete
-    save_checkpoint(mod, sym, cfg.model_prefix, number,
-                    {"epoch": number, "batch": batches_done, "partial": partial, "step": schedule.step,
-                     **({"loss_scale": scaler.scale} if scaler else {})})
-    report.add_checkpoint(str(cfg.model_prefix), number, partial)
-    report.save("interrupted")
-    where = f"in epoch {epoch} after {batches_done} iterations" if partial else f"after epoch {number - 1}"
-    log.error("%s: stopped %s; checkpoint %s-%04d written. Resume: run the same command with --load-epoch %d",
-              name, where, cfg.model_prefix, number, number)
-    return 128 + signum
 
 
 def _log_epoch(epoch, train, val):
@@ -601,40 +615,32 @@ def _log_epoch(epoch, train, val):
     log.info(" ".join(parts))
 
 
-def score(cfg: FitConfig, sym, contexts, val_it, report, initializer, global_batch: int) -> int:
+def score(cfg: FitConfig, sym, contexts, val_it, report, initializer, global_batch: int, stop: StopFlag,
+          ckpt: checkpoint.Checkpoint | None = None) -> int:
     """``--only-inference``: --num-epochs passes over the val set with a checkpoint's (or random) weights."""
     if val_it is None:
         raise UsageError("--only-inference needs validation data: --data-val or --data-root with val.rec")
     mod = create_module(sym, contexts, val_it, for_training=False)
-    if cfg.load_epoch is not None:
-        arg, aux = load_params(find_checkpoint(cfg.model_prefix, cfg.load_epoch)["paths"]["params"])
-        mod.init_params(initializer, arg_params=arg, aux_params=aux, allow_missing=False)
+    if ckpt is not None:
+        load_weights(mod, sym, ckpt, val_it.provide_data[0].shape)
     else:
         log.warning("no --load-epoch: scoring random weights (throughput only)")
         mod.init_params(initializer)
-    with StopFlag() as stop:
-        for rep in range(cfg.num_epochs):
-            meter = Meter(not cfg.no_metrics)
-            state = run_epoch(mod, val_it, meter, False, stop)
+    for rep in range(cfg.num_epochs):
+        meter = Meter(not cfg.no_metrics)
+        state = run_epoch(mod, val_it, meter, False, stop)
+        if state == "done":
             val_it.reset()
-            stats = meter.summary(global_batch, latencies=True)
-            report.add_epoch(rep, val=stats)
-            report.save()
-            log.info("Score[%d]: top-1 %.2f%% top-5 %.2f%% loss %.4f, %.1f img/s, latency avg %.2f ms "
-                     "p99 %.2f ms", rep, stats.get("top1", float("nan")), stats.get("top5", float("nan")),
-                     stats.get("loss", float("nan")), stats.get("total_ips", float("nan")),
-                     stats.get("latency_ms_avg", float("nan")), stats.get("latency_ms_p99", float("nan")))
-            if state == "stopped":
-                report.save("interrupted")
-                return 128 + stop.signum
+        stats = meter.summary(global_batch, latencies=True)
+        report.add_epoch(rep, val=stats)
+        report.save()
+        log.info("Score[%d]: top-1 %.2f%% top-5 %.2f%% loss %.4f, %.1f img/s, latency avg %.2f ms "
+                 "p99 %.2f ms", rep, stats.get("top1", float("nan")), stats.get("top5", float("nan")),
+                 stats.get("loss", float("nan")), stats.get("total_ips", float("nan")),
+                 stats.get("latency_ms_avg", float("nan")), stats.get("latency_ms_p99", float("nan")))
+        if state == "stopped":
+            report.save("interrupted")
+            log.error("%s: scoring stopped in pass %d after %d batches", stop.name, rep, len(meter.times))
+            return 128 + stop.signum
     report.save("completed")
     return 0
-
-
-def config_dict(args) -> dict:
-    """The resolved flags as JSON-friendly values (for the report)."""
-    out = {}
-    for k, v in sorted(vars(args).items()):
-        out[k] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
-    return out
-

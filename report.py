@@ -11,6 +11,8 @@ Top level
     ``metrics``         dict   per-epoch lists, one entry per epoch (or per scoring pass with ``--only-inference``)
     ``schema``          str    ``"rn50-report/1"``: the version of this layout
     ``status``          str    ``running`` | ``completed`` | ``interrupted`` (SIGINT/SIGTERM) | ``diverged`` (NaN/inf)
+                               | ``failed`` (a record that does not decode, an output that cannot be written)
+    ``error``           str    with ``failed``: the one-line reason the run printed
     ``device``          dict   ``{"type": "cpu"|"gpu", "count": n, "names": [...]}``
     ``dtype``           str    compute dtype: ``float32`` | ``float16`` | ``bfloat16``
     ``global_batch_size`` int  images per iteration over all devices and workers
@@ -53,7 +55,7 @@ TRAIN_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters",
               "amp_skipped")
 VAL_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters", "warmup_iters", "latency_ms_avg",
             "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_p100")
-STATUSES = ("running", "completed", "interrupted", "diverged")
+STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
 
 
 class Report:
@@ -88,10 +90,13 @@ class Report:
     def add_checkpoint(self, prefix: str, epoch: int, partial: bool) -> None:
         self.data["checkpoints"].append({"prefix": prefix, "epoch": epoch, "partial": partial})
 
-    def save(self, status: str | None = None) -> None:
+    def save(self, status: str | None = None, error: str | None = None) -> None:
+        """Write the report (atomically); a full disk raises ``common.OutputError``."""
         if status is not None:
             assert status in STATUSES, status
             self.data["status"] = status
+        if error is not None:
+            self.data["error"] = error
         self.data["total_duration"] = round(time.perf_counter() - self._t0, 3)
         if self.path is not None:
-            write_json(self.path, self.data)
+            write_json(self.path, self.data, "writing the report")

@@ -16,9 +16,12 @@ batchnorm, and optionally gamma 0 on the last batchnorm of each residual branch 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import mxnet as mx
 import numpy as np
+
+from common import UsageError, finite_float
 
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
           101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3))}
@@ -35,8 +38,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--conv-layout", choices=LAYOUTS, default="NCHW", help="layout of the convolutions")
     g.add_argument("--batchnorm-layout", choices=LAYOUTS, default="NCHW", help="layout of batchnorm")
     g.add_argument("--pooling-layout", choices=LAYOUTS, default="NCHW", help="layout of pooling")
-    g.add_argument("--batchnorm-eps", type=float, default=1e-5, help="batchnorm epsilon")
-    g.add_argument("--batchnorm-mom", type=float, default=0.9, help="batchnorm moving-average momentum")
+    g.add_argument("--batchnorm-eps", type=finite_float, default=1e-5, help="batchnorm epsilon")
+    g.add_argument("--batchnorm-mom", type=finite_float, default=0.9, help="batchnorm moving-average momentum")
     g.add_argument("--bn-gamma-init0", action="store_true",
                    help="start the last batchnorm of every residual branch at gamma 0 (zero-init residual)")
     g.add_argument("--conv-workspace", type=int, default=256, help="convolution workspace, MB (cuDNN)")
@@ -48,6 +51,30 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                    help="fuse the last batchnorm of each residual block with the shortcut add and the relu where "
                         "the build has BatchNormAddRelu (NGC GPU containers); otherwise the unfused graph")
     return g
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model flags (field names are the flags' names)."""
+    num_layers: int = 50
+    resnet_version: str = "1.5"
+    conv_layout: str = "NCHW"
+    batchnorm_layout: str = "NCHW"
+    pooling_layout: str = "NCHW"
+    batchnorm_eps: float = 1e-5
+    batchnorm_mom: float = 0.9
+    bn_gamma_init0: bool = False
+    conv_workspace: int = 256
+    fuse_bn_relu: int = 1
+    fuse_bn_add_relu: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.batchnorm_eps < 1:
+            raise UsageError(f"--batchnorm-eps {self.batchnorm_eps}: must be in (0, 1)")
+        if not 0 <= self.batchnorm_mom < 1:
+            raise UsageError(f"--batchnorm-mom {self.batchnorm_mom}: must be in [0, 1)")
+        if self.conv_workspace < 1:
+            raise UsageError(f"--conv-workspace {self.conv_workspace}: must be at least 1 (MB)")
 
 
 def bn_relu_fusion(requested: bool, device_type: str) -> str | None:
@@ -73,13 +100,13 @@ def bn_add_relu_fusion(requested: bool, device_type: str) -> str | None:
     return None
 
 
-def fusion_notes(args: argparse.Namespace, device_type: str) -> list[str]:
+def fusion_notes(m: ModelConfig, device_type: str) -> list[str]:
     """One line per fusion flag asked for that this MXNet build cannot honour on ``device_type``."""
     notes = []
-    if args.fuse_bn_relu and bn_relu_fusion(True, device_type) is None:
+    if m.fuse_bn_relu and bn_relu_fusion(True, device_type) is None:
         notes.append(f"--fuse-bn-relu 1: this MXNet build has no fused batchnorm+relu for {device_type.upper()} "
                      "(NGC GPU containers and the CPU build do); using batchnorm, then relu")
-    if args.fuse_bn_add_relu and bn_add_relu_fusion(True, device_type) is None:
+    if m.fuse_bn_add_relu and bn_add_relu_fusion(True, device_type) is None:
         notes.append(f"--fuse-bn-add-relu 1: this MXNet build has no BatchNormAddRelu for {device_type.upper()} "
                      "(NGC GPU containers do); using batchnorm, add, relu")
     return notes
@@ -216,20 +243,20 @@ def get_symbol(num_classes: int = 1000, num_layers: int = 50, image_shape=(3, 22
     return mx.sym.SoftmaxOutput(x, name="softmax", smooth_alpha=label_smoothing, grad_scale=loss_scale)
 
 
-def symbol_from_args(args: argparse.Namespace, num_classes: int, image_shape, dtype: str, input_dtype: str,
-                     input_layout: str, label_smoothing: float = 0.0, device_type: str = "cpu",
-                     for_training: bool = True) -> mx.sym.Symbol:
-    """The symbol the flags describe. For scoring (``for_training=False``) batchnorm+relu stays unfused: on CPU,
-    MXNet's oneDNN subgraph pass then folds each batchnorm into its convolution, which beats the fused op."""
-    return get_symbol(num_classes=num_classes, num_layers=args.num_layers, image_shape=image_shape,
-                      version=args.resnet_version, dtype=dtype, input_dtype=input_dtype, input_layout=input_layout,
-                      conv_layout=args.conv_layout, batchnorm_layout=args.batchnorm_layout,
-                      pooling_layout=args.pooling_layout, batchnorm_eps=args.batchnorm_eps,
-                      batchnorm_mom=args.batchnorm_mom, bn_gamma_init0=args.bn_gamma_init0,
-                      conv_workspace=args.conv_workspace, label_smoothing=label_smoothing,
-                      fuse_bn_relu=bn_relu_fusion(bool(args.fuse_bn_relu) and for_training, device_type),
-                      fuse_bn_add_relu=bn_add_relu_fusion(bool(args.fuse_bn_add_relu), device_type),
-                      loss_scale=1.0 if getattr(args, "amp", False) or args.loss_scale is None else args.loss_scale)
+def build(m: ModelConfig, *, num_classes: int, image_shape, dtype: str, input_dtype: str, input_layout: str,
+          label_smoothing: float = 0.0, device_type: str = "cpu", for_training: bool = True,
+          loss_scale: float = 1.0) -> mx.sym.Symbol:
+    """The symbol the model flags describe. For scoring (``for_training=False``) batchnorm+relu stays unfused: on
+    CPU, MXNet's oneDNN subgraph pass then folds each batchnorm into its convolution, which beats the fused op."""
+    return get_symbol(num_classes=num_classes, num_layers=m.num_layers, image_shape=image_shape,
+                      version=m.resnet_version, dtype=dtype, input_dtype=input_dtype, input_layout=input_layout,
+                      conv_layout=m.conv_layout, batchnorm_layout=m.batchnorm_layout,
+                      pooling_layout=m.pooling_layout, batchnorm_eps=m.batchnorm_eps,
+                      batchnorm_mom=m.batchnorm_mom, bn_gamma_init0=m.bn_gamma_init0,
+                      conv_workspace=m.conv_workspace, label_smoothing=label_smoothing,
+                      fuse_bn_relu=bn_relu_fusion(bool(m.fuse_bn_relu) and for_training, device_type),
+                      fuse_bn_add_relu=bn_add_relu_fusion(bool(m.fuse_bn_add_relu), device_type),
+                      loss_scale=loss_scale)
 
 
 def initializer() -> mx.init.Initializer:

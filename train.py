@@ -1,43 +1,59 @@
 #!/usr/bin/env python3
-"""Train (or score) a symbolic ResNet with MXNet: composes the flag groups of every module and runs them in order.
+"""Train (or score) a symbolic ResNet with MXNet: composes the flag groups of every module, turns the parsed flags
+into each module's frozen config, checks everything that can be checked before work starts, and runs the pieces in
+order.
 
     python train.py --data-root data/demo --image-shape 3,32,32 --num-classes 10 --batch-size 64 --num-epochs 2
 
 Usually started through ``./runner``, which turns devices and a per-device batch into these flags. ``python train.py
--h`` lists every flag with its default. Usage errors are one line and exit status 2.
+-h`` lists every flag with its default. Bad input is one line and exit status 2, before any heavy work: flags,
+devices, input files (every ``.idx`` entry and label), output paths, the checkpoint to resume from, and whether the
+batch fits in memory. Importing this module does nothing but define it; a process set-up (threads, AMX, GPU check,
+signal handling from the first moment) happens only when it runs as a script.
 """
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (BF16_NEEDS_CPU, FP16_NEEDS_GPU, Parser, UsageError, available_cores, check_bf16_cpu,  # noqa: E402
-                    enable_amx, num_gpus, run_main)
 
-# MXNet sizes its OpenMP pool to half the cores unless told otherwise, and reads this when it is imported.
-os.environ.setdefault("OMP_NUM_THREADS", str(available_cores()))
-enable_amx()  # bfloat16 on AMX CPUs: before MXNet's oneDNN reads its ISA setting
+def prepare_process():
+    """Before MXNet is imported: OpenMP threads (MXNet would use half the cores, and reads this on import), AMX for
+    bfloat16, the GPU check (the GPU build fails to load without its CUDA libraries), and SIGINT/SIGTERM caught from
+    here on. Returns the entered ``common.StopFlag``."""
+    from common import StopFlag, available_cores, enable_amx
 
-if __name__ == "__main__":  # before importing MXNet, whose GPU build fails to load without its CUDA libraries
+    stop = StopFlag("train.py").__enter__()
+    os.environ.setdefault("OMP_NUM_THREADS", str(available_cores()))
+    enable_amx()
     import gpu
 
-    _problem = gpu.check()
-    if _problem:
-        print(f"train.py: error: {_problem}", file=sys.stderr)
+    problem = gpu.check()
+    if problem:
+        print(f"train.py: error: {problem}", file=sys.stderr)
         sys.exit(2)
+    return stop
 
+
+_STOP = prepare_process() if __name__ == "__main__" else None
+
+import contextlib  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
+import checkpoint  # noqa: E402
 import dali  # noqa: E402
 import data  # noqa: E402
 import fit  # noqa: E402
+import memory  # noqa: E402
 import resnet  # noqa: E402
+from common import (BF16_NEEDS_CPU, FP16_NEEDS_GPU, DataError, OutputError, Parser, StopFlag,  # noqa: E402
+                    Stopped, UsageError, available_cores, check_bf16_cpu, check_writable, config_from, enable_amx,
+                    num_gpus, run_main)
 from report import Report  # noqa: E402
 
 log = logging.getLogger("train")
@@ -52,21 +68,21 @@ def build_parser() -> Parser:
     return p
 
 
-def resolve_contexts(args) -> list:
+def resolve_contexts(gpus_flag: str | None, cpu_devices: int | None) -> list:
     """The devices of this process: --gpus ids, or --cpu-devices CPU contexts (default: GPU 0, else one CPU)."""
     gpus = num_gpus()
-    if args.gpus:
+    if gpus_flag:
         try:
-            ids = [int(x) for x in args.gpus.split(",")]
+            ids = [int(x) for x in gpus_flag.split(",")]
         except ValueError:
-            raise UsageError(f"--gpus {args.gpus}: expected comma-separated GPU ids, e.g. 0,1") from None
+            raise UsageError(f"--gpus {gpus_flag}: expected comma-separated GPU ids, e.g. 0,1") from None
         if not gpus:
-            raise UsageError(f"--gpus {args.gpus}: MXNet sees no GPU here (CPU build or no driver); on a CPU "
+            raise UsageError(f"--gpus {gpus_flag}: MXNet sees no GPU here (CPU build or no driver); on a CPU "
                              "machine use --cpu-devices N (the runner's -n does this)")
         if max(ids) >= gpus or min(ids) < 0 or len(set(ids)) != len(ids):
-            raise UsageError(f"--gpus {args.gpus}: only GPUs 0-{gpus - 1} are visible, each usable once")
+            raise UsageError(f"--gpus {gpus_flag}: only GPUs 0-{gpus - 1} are visible, each usable once")
         return [mx.gpu(i) for i in ids]
-    n = args.cpu_devices or 1
+    n = 1 if cpu_devices is None else cpu_devices
     cores = available_cores()
     if not 1 <= n <= cores:
         raise UsageError(f"--cpu-devices {n}: this machine has {cores} cores available; use 1 to {cores} "
@@ -74,19 +90,25 @@ def resolve_contexts(args) -> list:
     return [mx.cpu(i) for i in range(n)]
 
 
-def check_args(args, contexts) -> None:
+def check_precision(dtype: str, batch_size: int, contexts) -> None:
     kind = contexts[0].device_type
-    if args.dtype == "float16" and kind == "cpu":
+    if dtype == "float16" and kind == "cpu":
         raise UsageError(FP16_NEEDS_GPU)
-    if args.dtype == "bfloat16":
+    if dtype == "bfloat16":
         if kind != "cpu":
             raise UsageError(BF16_NEEDS_CPU)
         check_bf16_cpu()
-    if args.batch_size < len(contexts) or args.batch_size % len(contexts):
-        raise UsageError(f"--batch-size {args.batch_size}: the global batch must be a multiple of the "
+    if batch_size < len(contexts) or batch_size % len(contexts):
+        raise UsageError(f"--batch-size {batch_size}: the global batch must be a multiple of the "
                          f"{len(contexts)} devices (at least one image per device)")
-    if args.load_epoch is not None:
-        fit.find_checkpoint(args.model_prefix, args.load_epoch)
+
+
+def check_outputs(cfg: fit.FitConfig, report_path: Path | None) -> None:
+    """Every output path can be written, before any work (not after the first epoch)."""
+    if report_path is not None:
+        check_writable(report_path, "--report")
+    if cfg.model_prefix is not None and not cfg.only_inference:
+        check_writable(checkpoint.paths(cfg.model_prefix, 0)["symbol"], "--model-prefix")
 
 
 def seed_everything(seed) -> None:
@@ -97,34 +119,93 @@ def seed_everything(seed) -> None:
     mx.random.seed(seed)
 
 
+def jsonable(args) -> dict:
+    """The resolved flags as JSON-friendly values (for the report)."""
+    out = {}
+    for k, v in sorted(vars(args).items()):
+        out[k] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    contexts = resolve_contexts(args)
-    check_args(args, contexts)
-    fcfg = fit.config_from_args(args)
-    dcfg = data.config_from_args(args, args.batch_size, args.dtype, have_gpu=contexts[0].device_type == "gpu",
-                                 seed=args.seed)
-    seed_everything(args.seed)
-    train_it, val_it = data.get_iters(dcfg, contexts, want_train=not args.only_inference,
-                                      want_val=args.only_inference or not args.no_val)
-    if args.benchmark_iters is not None:  # cuts training epochs and scoring passes; validation stays whole
-        if args.only_inference:
-            val_it = data.limit_batches(val_it, args.benchmark_iters) if val_it is not None else None
-        else:
-            train_it = data.limit_batches(train_it, args.benchmark_iters)
-    for note in resnet.fusion_notes(args, contexts[0].device_type):
-        log.warning(note)
-    sym = resnet.symbol_from_args(args, args.num_classes, dcfg.image_shape, args.dtype, dcfg.dtype,
-                                  dcfg.layout, args.label_smoothing, contexts[0].device_type,
-                                  for_training=not args.only_inference)
-    report = Report(args.report, num_layers=args.num_layers, device_type=contexts[0].device_type,
+    enable_amx()  # no-op unless bfloat16 on an AMX CPU; for in-process callers that skipped prepare_process
+    with contextlib.ExitStack() as stack:
+        stop = _STOP or stack.enter_context(StopFlag("train.py"))
+        return run(args, stop)
+
+
+def run(args, stop: StopFlag) -> int:
+    contexts = resolve_contexts(args.gpus, args.cpu_devices)
+    device_type = contexts[0].device_type
+    check_precision(args.dtype, args.batch_size, contexts)
+    mcfg = config_from(resnet.ModelConfig, args)
+    model = {"num_layers": mcfg.num_layers, "resnet_version": mcfg.resnet_version, "num_classes": args.num_classes,
+             "image_channels": args.image_shape[0] if args.image_shape else None, "dtype": args.dtype}
+    fcfg = config_from(fit.FitConfig, args, model=model)
+    dcfg = data.resolve(config_from(data.DataConfig, args, batch_size=args.batch_size, dtype=args.dtype,
+                                    seed=args.seed, dali=config_from(dali.DaliConfig, args)),
+                        have_gpu=device_type == "gpu")
+    check_outputs(fcfg, args.report)
+    resume = None
+    if fcfg.only_inference and fcfg.load_epoch is not None:
+        resume = checkpoint.for_scoring(fcfg.model_prefix, fcfg.load_epoch, model)
+    elif fcfg.load_epoch is not None or fcfg.resume:
+        resume = checkpoint.for_resume(fcfg.model_prefix, fcfg.load_epoch, model)
+        if resume is None:
+            log.info("--resume: no checkpoint under %s yet; starting afresh", fcfg.model_prefix)
+    report = Report(args.report, num_layers=mcfg.num_layers, device_type=device_type,
                     device_names=[str(c) for c in contexts], dtype=args.dtype, global_batch_size=args.batch_size,
-                    config=fit.config_dict(args))
-    log.info("%s ResNet-%d v%s on %s, global batch %d, %s, backend %s", "scoring" if args.only_inference else
-             "training", args.num_layers, args.resnet_version, ",".join(map(str, contexts)), args.batch_size,
-             args.dtype, dcfg.backend)
-    return fit.fit(fcfg, sym, contexts, train_it, val_it, report, resnet.initializer())
+                    config=jsonable(args))
+    try:
+        return _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args)
+    except (DataError, OutputError) as err:
+        try:
+            report.save("failed", str(err))
+        except OutputError:
+            log.warning("the report could not be updated either (%s)", args.report)
+        raise
+
+
+def _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args) -> int:
+    seed_everything(fcfg.seed)
+    device_type = contexts[0].device_type
+    want_train = not fcfg.only_inference
+    sym = resnet.build(mcfg, num_classes=dcfg.num_classes, image_shape=dcfg.image_shape, dtype=args.dtype,
+                       input_dtype=dcfg.dtype, input_layout=dcfg.input_layout, label_smoothing=fcfg.label_smoothing,
+                       device_type=device_type, for_training=want_train, loss_scale=fcfg.static_loss_scale)
+    check_memory(sym, dcfg, fcfg, args.dtype, contexts)
+    try:
+        train_it, val_it = data.get_iters(dcfg, contexts, want_train=want_train,
+                                          want_val=fcfg.only_inference or not fcfg.no_val,
+                                          max_batches=fcfg.benchmark_iters, progress=stop.check)
+        stop.check()  # a signal while the inputs were checked and the pipelines built
+    except Stopped:
+        report.save("interrupted")
+        log.error("%s: stopped before the first iteration; nothing was trained or written", stop.name)
+        return 128 + stop.signum
+    if want_train and train_it is None:
+        raise UsageError("training needs a training set: --data-root with train.rec, or --data-train")
+    for note in resnet.fusion_notes(mcfg, device_type):
+        log.warning(note)
+    log.info("%s ResNet-%d v%s on %s, global batch %d, %s, backend %s", "scoring" if fcfg.only_inference else
+             "training", mcfg.num_layers, mcfg.resnet_version, ",".join(map(str, contexts)), fcfg.batch_size,
+             args.dtype, dcfg.data_backend)
+    return fit.fit(fcfg, sym, contexts, train_it, val_it, report, resnet.initializer(), stop, resume)
+
+
+def check_memory(sym, dcfg, fcfg, dtype: str, contexts) -> None:
+    """Refuse a batch that does not fit in memory before anything is allocated (``memory.check_batch``): on CPU the
+    process batch against the machine's memory, on GPUs each device's share against its free memory."""
+    n = len(contexts)
+    if contexts[0].device_type == "gpu":
+        memory.check_batch(sym, dcfg.image_shape, fcfg.batch_size // n, dtype=dtype, training=not fcfg.only_inference,
+                           device_type="gpu", device_id=contexts[0].device_id, input_layout=dcfg.input_layout,
+                           flag=f"--batch-size {fcfg.batch_size} over {n} GPU(s), per GPU")
+    else:
+        memory.check_batch(sym, dcfg.image_shape, fcfg.batch_size, dtype=dtype, training=not fcfg.only_inference,
+                           num_devices=n, input_layout=dcfg.input_layout)
 
 
 if __name__ == "__main__":

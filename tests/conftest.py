@@ -1,11 +1,16 @@
 """Shared fixtures: small real images (the photographs shipped in scikit-learn's wheel, the digits) made into trees
-and RecordIO files once per session."""
+and RecordIO files once per session, data sets with one fault each, and a small tmpfs for full-disk tests.
+
+Two tiers: tests marked ``e2e`` start processes of the toolkit (the runner, tools, signals, exit codes); the others
+run in this process in seconds (``make test-fast`` runs them alone)."""
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,39 @@ def run(args, cwd=ROOT, env=None, timeout=600, check=False):
     if check and res.returncode != 0:
         raise AssertionError(f"{args} exited {res.returncode}\nstdout:\n{res.stdout}\nstderr:\n{res.stderr}")
     return res
+
+
+def run_until(args, stop_after: str, sig=signal.SIGTERM, timeout=300, env=None):
+    """Start a command (argv list), send ``sig`` once its stderr shows ``stop_after``; return (exit status,
+    stderr). Bounded: the process is killed if it does not end in ``timeout`` seconds."""
+    p = subprocess.Popen([str(a) for a in args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                         stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+    lines, deadline = [], time.monotonic() + timeout
+    try:
+        for line in p.stderr:
+            lines.append(line)
+            if stop_after in line:
+                p.send_signal(sig)
+                break
+            assert time.monotonic() < deadline, f"no '{stop_after}' line in time"
+        _, rest = p.communicate(timeout=timeout)
+        lines.append(rest)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, "".join(lines)
+
+
+def params_of(path):
+    import mxnet as mx
+
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+def error_lines(stderr: str, prog: str = "train.py") -> list[str]:
+    """The lines of ``stderr`` that report an error (``<prog>: error:``) or a traceback."""
+    return [ln for ln in stderr.splitlines() if ln.startswith(f"{prog}: error:") or "Traceback" in ln]
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +181,67 @@ def solid_rec(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
-    """The digits demo set, built by the real tool into a temporary folder."""
+    """The digits demo set, built by the real tool (in this process) into a temporary folder."""
+    from tools import make_demo_data
+
     out = tmp_path_factory.mktemp("demo") / "demo"
-    run([PY, ROOT / "tools" / "make_demo_data.py", "--out", out, "--size", "32"], check=True)
+    assert make_demo_data.main(["--out", str(out), "--size", "32"]) == 0
     return out
+
+
+def copy_set(src: Path, dst: Path, fault: str | None = None, split: str = "train", record: int = 5) -> Path:
+    """Copy the prepared set ``src`` to ``dst``, record by record, giving record ``record`` of ``split`` one
+    ``fault``: ``garbage`` (random bytes), ``text`` (not an image), ``empty``, ``bad-header`` (a JPEG whose marker
+    segments are broken: the SOF says 0x0 px), ``label-1`` / ``label-high`` (label -1 / 1000), or None."""
+    import recfile
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "val"):
+        pairs = recfile.read_index(src / f"{name}.idx")
+        with open(src / f"{name}.rec", "rb") as f, open(dst / f"{name}.rec", "wb") as out:
+            w = recfile.IndexedRecordWriter(out)
+            for i, (key, off) in enumerate(pairs):
+                label, k, img = recfile.unpack_image_record(recfile.read_record_at(f, off)[0])
+                if name == split and i == record and fault:
+                    img, label = _fault(fault, img, label)
+                w.write(key, recfile.pack_image_record(label, k, img))
+        with open(dst / f"{name}.idx", "wb") as out:
+            w.write_index(out)
+    return dst
+
+
+def _fault(fault: str, img: bytes, label: float):
+    if fault == "garbage":
+        return bytes(np.random.default_rng(0).integers(0, 256, len(img), dtype=np.uint8)), label
+    if fault == "text":
+        return b"this record holds a text, not an image\n" * 4, label
+    if fault == "empty":
+        return b"", label
+    if fault == "bad-header":
+        sof = img.find(b"\xff\xc0")
+        return img[:sof + 5] + b"\0\0\0\0" + img[sof + 9:], label
+    if fault == "label-1":
+        return img, -1
+    if fault == "label-high":
+        return img, 1000
+    raise ValueError(fault)
+
+
+@pytest.fixture()
+def tmpfs(tmp_path):
+    """A factory of small tmpfs mounts (full-disk tests); skips where this process may not mount one."""
+    mounted = []
+
+    def make(size: str) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip() or res.returncode}")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)

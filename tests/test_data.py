@@ -16,13 +16,12 @@ IM2REC = Path(mx.__file__).parent / "tools" / "im2rec.py"
 RECORD_BACKENDS = ("dali-cpu", "mxnet")
 
 
-def make_cfg(root, backend, batch=8, shape="3,32,32", layout="NCHW", dtype="float32", extra=(), seed=3):
-    p = data.Parser()
-    data.add_data_args(p)
-    dali.add_dali_args(p)
-    args = p.parse_args(["--data-root", str(root), "--data-backend", backend, "--image-shape", shape,
-                         "--input-layout", layout, "--dali-threads", "2", *extra])
-    return data.config_from_args(args, batch_size=batch, dtype=dtype, seed=seed)
+def make_cfg(root, backend, batch=8, shape="3,32,32", layout="NCHW", dtype="float32", seed=3, **fields):
+    """A resolved DataConfig, built directly (as train.py builds it from the flags)."""
+    shape = tuple(map(int, shape.split(",")))
+    return data.resolve(data.DataConfig(data_root=root, data_backend=backend, image_shape=shape, input_layout=layout,
+                                        batch_size=batch, dtype=dtype, seed=seed,
+                                        dali=dali.DaliConfig(dali_threads=2), **fields))
 
 
 def cpus(n):
@@ -43,7 +42,7 @@ def real_labels(batches):
 @pytest.mark.parametrize("ndev", (1, 2))
 def test_batches_have_the_right_form(demo_root, backend, layout, dtype, channels, ndev):
     cfg = make_cfg(demo_root, backend, batch=16, shape=f"{channels},32,32", layout=layout, dtype=dtype,
-                   extra=["--num-examples", "64", "--num-classes", "10"])
+                   num_examples=64, num_classes=10)
     train, val = data.get_iters(cfg, cpus(ndev))
     want = (8 * (2 // ndev),) + ((channels, 32, 32) if layout == "NCHW" else (32, 32, channels))
     assert train.provide_data[0].shape == (16,) + want[1:]
@@ -129,6 +128,7 @@ def test_training_shards_split_the_set(unique_rec):
 
 
 @pytest.mark.parametrize("backend", RECORD_BACKENDS)
+@pytest.mark.e2e
 def test_reads_a_rec_made_by_mxnet_im2rec(jpeg_tree, tmp_path, backend):
     for split in ("train", "val"):
         run([PY, IM2REC, "--list", "--recursive", tmp_path / split, jpeg_tree], check=True)
@@ -141,7 +141,7 @@ def test_reads_a_rec_made_by_mxnet_im2rec(jpeg_tree, tmp_path, backend):
 
 
 def test_num_examples_cuts_epochs_without_restarting(demo_root):
-    cfg = make_cfg(demo_root, "dali-cpu", batch=32, extra=["--num-examples", "100"])
+    cfg = make_cfg(demo_root, "dali-cpu", batch=32, num_examples=100)
     train, _ = data.get_iters(cfg, cpus(1))
     for _ in range(3):
         assert sum(1 for _ in train) == 4
@@ -149,11 +149,12 @@ def test_num_examples_cuts_epochs_without_restarting(demo_root):
 
 
 def test_val_resize_default_scales_with_the_crop(demo_root):
-    assert make_cfg(demo_root, "mxnet", shape="3,224,224").val_resize == 256
-    assert make_cfg(demo_root, "mxnet", shape="3,32,32").val_resize == 37
-    assert make_cfg(demo_root, "mxnet", extra=["--data-val-resize", "40"]).val_resize == 40
+    assert make_cfg(demo_root, "mxnet", shape="3,224,224").data_val_resize == 256
+    assert make_cfg(demo_root, "mxnet", shape="3,32,32").data_val_resize == 37
+    assert make_cfg(demo_root, "mxnet", data_val_resize=40).data_val_resize == 40
 
 
+@pytest.mark.e2e
 def test_data_cli_times_a_pipeline(demo_root):
     res = run([PY, ROOT / "data.py", "--data-root", demo_root, "--image-shape", "3,32,32", "-b", "32", "-i", "5"],
               check=True)
@@ -185,13 +186,16 @@ def broken_roots(demo_root, tmp_path):
 @pytest.mark.parametrize("case,args,expect", [
     ("missing_root", ["--data-root", "{tmp}/nowhere"], "--data-root {tmp}/nowhere: no such directory"),
     ("no_root", [], "--data-backend dali-cpu reads RecordIO: give --data-root"),
-    ("no_rec", ["--data-root", "{no_rec}"], "--data-train {no_rec}/train.rec: file not found"),
+    ("no_rec", ["--data-root", "{no_rec}"], "--data-root {no_rec} has no train.rec"),
     ("no_idx", ["--data-root", "{no_idx}"], "--data-train-idx {no_idx}/train.idx: file not found"),
-    ("mismatch", ["--data-root", "{mismatch}"], "--data-train-idx {mismatch}/train.idx does not match"),
-    ("truncated", ["--data-root", "{truncated}"], "--data-train-idx {truncated}/train.idx does not match"),
+    ("mismatch", ["--data-root", "{mismatch}"], "the train index {mismatch}/train.idx does not match "
+                                                "{mismatch}/train.rec: record 0 (key"),
+    ("truncated", ["--data-root", "{truncated}"], "the train index {truncated}/train.idx does not match "
+                                                  "{truncated}/train.rec: record 1436"),
     ("backend", ["--data-backend", "tfrecord"], "argument --data-backend: invalid choice: 'tfrecord'"),
     ("gpu", ["--data-root", "{demo}", "--data-backend", "dali-gpu"], "--data-backend dali-gpu needs GPU devices"),
 ])
+@pytest.mark.e2e
 def test_bad_input_is_one_line_and_exit_2(case, args, expect, broken_roots, demo_root, tmp_path):
     if case == "gpu" and data.num_gpus():
         pytest.skip("this machine has a GPU MXNet can use")

@@ -46,6 +46,7 @@ def test_compatibility_rules():
     assert gpu.check(4, build, [gpu.Gpu(0, "A100", (8, 0))]) == "-n 4: only 1 GPU(s) visible"
 
 
+@pytest.mark.e2e
 def test_hopper_refusal_names_the_container(monkeypatch):
     monkeypatch.setenv("RN50_MXNET_CUDA_ARCHS", PYPI_CU112)
     monkeypatch.setenv("RN50_GPU_CAPABILITY", "9.0")
@@ -58,12 +59,14 @@ def test_hopper_refusal_names_the_container(monkeypatch):
     assert "Hopper needs an NGC MXNet container" in line
 
 
+@pytest.mark.e2e
 def test_more_devices_than_gpus(monkeypatch):
     monkeypatch.setenv("RN50_MXNET_CUDA_ARCHS", PYPI_CU112)
     monkeypatch.setenv("RN50_GPU_CAPABILITY", "8.0")
     assert one_line_error(run([ROOT / "runner", "-n", "2"])) == "runner: error: -n 2: only 1 GPU(s) visible"
 
 
+@pytest.mark.e2e
 def test_missing_cuda_library(tmp_path, monkeypatch):
     """A GPU build whose cuDNN is not on the library path: a copy of a real shared library whose DT_NEEDED entry
     libstdc++.so.6 is renamed libcudnn.so.8 (same length), checked as if it were libmxnet.so."""
@@ -80,6 +83,7 @@ def test_missing_cuda_library(tmp_path, monkeypatch):
     assert "pip install nvidia-cudnn-cu11" in line and "Dockerfile" in line
 
 
+@pytest.mark.e2e
 def test_fp16_without_gpu_is_one_line():
     line = one_line_error(run([ROOT / "runner", "-n", "1", "--dtype", "float16"]))
     assert "--dtype float16 needs a GPU" in line
@@ -103,6 +107,7 @@ def _gpu_ready():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.e2e
 def test_gpu_training_iterations_and_scoring_on_dali_gpu(dtype, tmp_path, demo_root):
     """What a V100/A100 user runs: 2 training iterations on dali-gpu in FP16 and FP32, then scoring."""
     _gpu_ready()
@@ -119,6 +124,7 @@ def test_gpu_training_iterations_and_scoring_on_dali_gpu(dtype, tmp_path, demo_r
 
 
 @pytest.mark.gpu
+@pytest.mark.e2e
 def test_gpu_benchmark_sweep(tmp_path):
     _gpu_ready()
     out = tmp_path / "s.json"

@@ -10,6 +10,7 @@ import pytest
 
 import common
 import resnet
+from common import config_from
 from conftest import PY, ROOT, run
 
 TINY = ["--image-shape", "3,32,32", "--num-classes", "10"]
@@ -30,6 +31,14 @@ def train_args_of_runner(*runner_args):
     return train.build_parser().parse_args(argv[2:])  # drop the interpreter and train.py
 
 
+def model_symbol(args, num_classes, shape, dtype, input_dtype, layout, device_type):
+    """The training symbol train.py builds from these parsed flags."""
+    return resnet.build(config_from(resnet.ModelConfig, args), num_classes=num_classes, image_shape=shape, dtype=dtype,
+                        input_dtype=input_dtype, input_layout=layout, device_type=device_type,
+                        loss_scale=1.0 if args.amp or args.loss_scale is None else args.loss_scale)
+
+
+@pytest.mark.e2e
 def test_fp16_symbol_structure_as_the_runner_builds_it():
     """NHWC convolution/batchnorm/pooling, no transpose (the pipeline delivers NHWC); the 4-channel fp16 input from
     the pipeline; fp16 weights (fp32 master copies live in the optimizer), fp32 batchnorm parameters; logits cast
@@ -38,7 +47,7 @@ def test_fp16_symbol_structure_as_the_runner_builds_it():
     assert (args.dtype, args.input_layout, args.conv_layout, args.batchnorm_layout, args.pooling_layout) == \
         ("float16", "NHWC", "NHWC", "NHWC", "NHWC")
     assert tuple(args.image_shape) == (4, 224, 224) and args.fuse_bn_relu == 1 and args.fuse_bn_add_relu == 1
-    sym = resnet.symbol_from_args(args, 1000, (4, 224, 224), "float16", "float16", "NHWC", device_type="gpu")
+    sym = model_symbol(args, 1000, (4, 224, 224), "float16", "float16", "NHWC", device_type="gpu")
     assert ops(sym, "transpose") == []  # the pipeline already delivers NHWC
     assert all(n["attrs"]["layout"] == "NHWC" for n in ops(sym, "Convolution") + ops(sym, "Pooling"))
     assert all(n["attrs"]["axis"] == "3" for n in ops(sym, "BatchNorm"))
@@ -52,13 +61,14 @@ def test_fp16_symbol_structure_as_the_runner_builds_it():
     assert resnet.count_parameters(sym, (1, 224, 224, 4)) == 25557032 + 64 * 7 * 7
 
 
+@pytest.mark.e2e
 def test_fp16_symbol_with_the_amp_loss_scaler():
     """--amp adds one fp32 input (the scale) at the fp32 logits; everything else is the FP16 graph unchanged."""
     import fit
 
     args = train_args_of_runner("-n", "1", "-b", "208", "--amp")
     assert args.amp and args.loss_scale is None
-    sym = resnet.symbol_from_args(args, 1000, (4, 224, 224), "float16", "float16", "NHWC", device_type="gpu")
+    sym = model_symbol(args, 1000, (4, 224, 224), "float16", "float16", "NHWC", device_type="gpu")
     assert ops(sym, "SoftmaxOutput")[0]["attrs"]["grad_scale"] == "1.0"  # the scale is applied in the graph
     scaled = fit.add_loss_scaler(sym)
     assert scaled.list_arguments() == sym.list_arguments()[:-1] + [fit.AMP_SCALE, "softmax_label"]
@@ -76,6 +86,7 @@ def test_fp16_symbol_with_nchw_input_has_one_transpose():
                                                                                                     "float32"]
 
 
+@pytest.mark.e2e
 def test_fusion_flags_fall_back_with_a_note(tmp_path):
     """This CPU build has no BatchNormAddRelu: the run says so and trains the unfused graph."""
     res = run([ROOT / "runner", "-n", "1", "-b", "4", "-e", "1", "--benchmark-iters", "2", "--no-val", *SYNTH,
@@ -84,8 +95,9 @@ def test_fusion_flags_fall_back_with_a_note(tmp_path):
     import train
 
     args = train.build_parser().parse_args(["--fuse-bn-add-relu", "1", "--fuse-bn-relu", "1"])
-    assert resnet.fusion_notes(args, "cpu") and len(resnet.fusion_notes(args, "gpu")) == 2  # PyPI builds: neither
-    sym = resnet.symbol_from_args(args, 10, (3, 32, 32), "float32", "float32", "NCHW", device_type="cpu")
+    mcfg = config_from(resnet.ModelConfig, args)
+    assert resnet.fusion_notes(mcfg, "cpu") and len(resnet.fusion_notes(mcfg, "gpu")) == 2  # PyPI builds: neither
+    sym = model_symbol(args, 10, (3, 32, 32), "float32", "float32", "NCHW", device_type="cpu")
     assert ops(sym, "BatchNormAddRelu") == [] and len(ops(sym, "_contrib_BatchNormWithReLU")) == 33
 
 
@@ -105,6 +117,7 @@ def test_bf16_symbol_keeps_fp32_parameters_statistics_and_loss():
     assert t["fc_fp32_output"] == np.float32
 
 
+@pytest.mark.e2e
 def test_bf16_usage_errors(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
@@ -121,6 +134,7 @@ def test_bf16_usage_errors(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has neither AVX512_BF16 nor AMX-BF16")
+@pytest.mark.e2e
 def test_bf16_trains_scores_and_reports_its_dtype(tmp_path):
     report = tmp_path / "r.json"
     run([ROOT / "runner", "-n", "1", "-b", "8", "-e", "1", "--benchmark-iters", "3", "--dtype", "bfloat16",
@@ -135,6 +149,7 @@ def test_bf16_trains_scores_and_reports_its_dtype(tmp_path):
     assert "Score[0]: top-1" in res.stderr
 
 
+@pytest.mark.e2e
 def test_static_loss_scaling_gives_the_same_weights(tmp_path):
     """A power-of-two loss scale multiplies every gradient exactly and the update divides it out exactly."""
     params = []
@@ -228,6 +243,7 @@ def test_amp_scale_doubles_after_a_window_of_clean_iterations():
     assert seen == [2.0 ** 23, 2.0 ** 24, 2.0 ** 24, 2.0 ** 24] and fit.AMP_MAX_SCALE == 2.0 ** 24
 
 
+@pytest.mark.e2e
 def test_amp_through_the_runner(tmp_path):
     """--amp end to end: the same weights as an unscaled run (power-of-two scales, no overflow), the scale in the
     report, a checkpoint without the scaler that plain MXNet loads, and a resume that continues from its scale."""
@@ -252,6 +268,7 @@ def test_amp_through_the_runner(tmp_path):
     assert json.loads((tmp_path / "r2.json").read_text())["metrics"]["train.loss_scale"] == [2.0 ** 17]
 
 
+@pytest.mark.e2e
 def test_amp_usage_error(tmp_path):
     res = run([ROOT / "runner", "-n", "1", "-b", "4", "--amp", "--amp-scale-window", "0", *SYNTH])
     assert res.returncode == 2 and "--amp-scale-window 0: must be at least 1" in res.stderr

@@ -5,14 +5,14 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import mxnet as mx
 import numpy as np
 import pytest
 
 import resnet
-from conftest import PY, ROOT, run
+from common import config_from
+from conftest import PY, ROOT, params_of, run, run_until
 
 RUNNER = ROOT / "runner"
 TINY = ["--image-shape", "3,32,32", "--num-classes", "10", "--disp-batches", "1"]
@@ -112,7 +112,7 @@ def test_optimizer_recipe_no_weight_decay_on_biases_and_betas():
     import train
 
     args = train.build_parser().parse_args(["--batch-size", "4", "--wd", "1e-4", "--mom", "0.9"])
-    cfg = fit.config_from_args(args)
+    cfg = config_from(fit.FitConfig, args)
     sym = resnet.get_symbol(num_layers=18, num_classes=10)
     mod = mx.mod.Module(sym, context=mx.cpu())
     mod.bind(data_shapes=[("data", (4, 3, 32, 32))], label_shapes=[("softmax_label", (4,))])
@@ -129,20 +129,21 @@ def test_lr_schedule_warmup_steps_and_cosine():
     import train
 
     args = train.build_parser().parse_args(["--lr", "0.8", "--warmup-epochs", "5", "--num-epochs", "90"])
-    s = fit.Schedule(fit.config_from_args(args), iters_per_epoch=100)
+    s = fit.Schedule(config_from(fit.FitConfig, args), iters_per_epoch=100)
     assert s.lr_at(0) == pytest.approx(0.8 / 500) and s.lr_at(249) == pytest.approx(0.4)
     assert s.lr_at(500) == s.lr_at(2999) == 0.8
     assert s.lr_at(3000) == pytest.approx(0.08) and s.lr_at(6000) == pytest.approx(0.008)
     assert s.lr_at(8999) == pytest.approx(0.0008)
     args = train.build_parser().parse_args(["--lr", "0.8", "--warmup-epochs", "0", "--num-epochs", "10",
                                             "--lr-schedule", "cosine"])
-    c = fit.Schedule(fit.config_from_args(args), iters_per_epoch=10)
+    c = fit.Schedule(config_from(fit.FitConfig, args), iters_per_epoch=10)
     assert c.lr_at(0) == 0.8 and c.lr_at(50) == pytest.approx(0.4) and c.lr_at(100) == pytest.approx(0.0)
 
 
 # ------------------------------------------------------------------------------------------------ runs
 
 
+@pytest.mark.e2e
 def test_two_iterations_write_checkpoint_and_report(demo_root, tmp_path):
     prefix, rep = tmp_path / "m", tmp_path / "report.json"
     res = run([RUNNER, "-n", "1", "-b", "32", "-e", "1", "--data-root", demo_root, "--model-prefix", prefix,
@@ -160,61 +161,42 @@ def test_two_iterations_write_checkpoint_and_report(demo_root, tmp_path):
         for key in ("top1", "top5", "loss", "time", "total_ips"):
             values = m[f"{split}.{key}"]
             assert isinstance(values, list) and len(values) == 1 and isinstance(values[0], float)
-    assert m["train.iters"] == [2] and m["val.iters"] == [12] and m["train.warmup_iters"] == [1]  # val: 360 / 32
+    assert m["train.iters"] == [2] and m["val.iters"] == [2] and m["train.warmup_iters"] == [1]  # both cut to 2
     assert 0 <= m["train.top1"][0] <= m["train.top5"][0] <= 100
     assert m["train.total_ips"][0] == pytest.approx(32 / m["train.time"][0])
     assert "Epoch[0] Batch[2/2]" in res.stderr and "img/s" in res.stderr
 
 
-def _train_until_signal(args, stop_after: str, sig=signal.SIGTERM, timeout=240):
-    """Start runner with args, send ``sig`` once stderr shows ``stop_after``; return (exit status, stderr)."""
-    p = subprocess.Popen([str(a) for a in [RUNNER, *args]], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                         stdout=subprocess.DEVNULL)
-    lines, deadline = [], time.monotonic() + timeout
-    try:
-        for line in p.stderr:
-            lines.append(line)
-            if stop_after in line:
-                p.send_signal(sig)
-                break
-            assert time.monotonic() < deadline, "no progress line in time"
-        _, rest = p.communicate(timeout=timeout)
-        lines.append(rest)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    return p.returncode, "".join(lines)
-
-
-def params_of(path):
-    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
-
-
+@pytest.mark.e2e
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path):
     common = ["-n", "1", "-b", "8", "-e", "2", "--seed", "7", "--no-val", "--warmup-epochs", "1", *SYNTH]
     run([RUNNER, *common, "--model-prefix", tmp_path / "full"], check=True)
-    code, err = _train_until_signal([*common, "--model-prefix", tmp_path / "cut", "--report", tmp_path / "r.json"],
-                                    "Epoch[1] Batch[3/8]")
+    code, err = run_until([RUNNER, *common, "--model-prefix", tmp_path / "cut", "--report", tmp_path / "r.json"],
+                          "Epoch[1] Batch[3/8]")
     assert code == 128 + signal.SIGTERM
-    assert "SIGTERM: stopped in epoch 1 after" in err and "--load-epoch 2" in err
-    meta = json.loads((tmp_path / "cut-0002.json").read_text())
+    assert "SIGTERM: stopped in epoch 1 after" in err and "with --resume (or --load-epoch 2)" in err
+    meta = json.loads((tmp_path / "cut-0002-partial.json").read_text())
     assert meta["partial"] and 3 <= meta["batch"] < 8
+    assert not (tmp_path / "cut-0002.params").exists()  # plain MXNet loaders never take it for epoch 2
     assert json.loads((tmp_path / "r.json").read_text())["status"] == "interrupted"
     run([RUNNER, *common, "--model-prefix", tmp_path / "cut", "--load-epoch", "2"], check=True)
     assert not json.loads((tmp_path / "cut-0002.json").read_text())["partial"]
+    assert not (tmp_path / "cut-0002-partial.json").exists()  # superseded by the complete epoch
     full, resumed = params_of(tmp_path / "full-0002.params"), params_of(tmp_path / "cut-0002.params")
     assert full.keys() == resumed.keys()
     for k in full:
         np.testing.assert_array_equal(full[k], resumed[k], err_msg=k)
 
 
+@pytest.mark.e2e
 def test_sigint_stops_at_an_iteration_boundary_without_checkpoint_prefix(tmp_path):
-    code, err = _train_until_signal(["-n", "1", "-b", "8", "-e", "3", "--no-val", "--report", tmp_path / "r.json",
-                                     *SYNTH], "Epoch[0] Batch[2/8]", sig=signal.SIGINT)
+    code, err = run_until([RUNNER, "-n", "1", "-b", "8", "-e", "3", "--no-val", "--report", tmp_path / "r.json",
+                           *SYNTH], "Epoch[0] Batch[2/8]", sig=signal.SIGINT)
     assert code == 128 + signal.SIGINT and "SIGINT: stopped in epoch 0" in err and "Traceback" not in err
     assert json.loads((tmp_path / "r.json").read_text())["status"] == "interrupted"
 
 
+@pytest.mark.e2e
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     base = ["-n", "1", "-b", "8", "--seed", "3", "--no-val", "--warmup-epochs", "0", "--model-prefix",
             tmp_path / "m", *SYNTH]
@@ -228,6 +210,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.e2e
 def test_checkpoint_loads_with_plain_mxnet(demo_root, tmp_path):
     """mx.model.load_checkpoint into a Module reproduces the reported val top-1; SymbolBlock.imports loads it."""
     import data
@@ -235,14 +218,12 @@ def test_checkpoint_loads_with_plain_mxnet(demo_root, tmp_path):
 
     prefix, rep = tmp_path / "m", tmp_path / "r.json"
     run([RUNNER, "-n", "1", "-b", "32", "-e", "1", "--data-root", demo_root, "--model-prefix", prefix,
-         "--report", rep, "--benchmark-iters", "6", "--seed", "2", *TINY], check=True)
+         "--report", rep, "--num-examples", "192", "--seed", "2", *TINY], check=True)  # 6 iterations, whole val
     reported = json.loads(rep.read_text())["metrics"]["val.top1"][-1]
 
     sym, arg, aux = mx.model.load_checkpoint(str(prefix), 1)
-    p = data.Parser()
-    data.add_data_args(p)
-    dali.add_dali_args(p)
-    cfg = data.config_from_args(p.parse_args(["--data-root", str(demo_root), *TINY[:4]]), batch_size=32)
+    cfg = data.resolve(data.DataConfig(data_root=demo_root, image_shape=(3, 32, 32), num_classes=10, batch_size=32,
+                                       dali=dali.DaliConfig()))
     _, val = data.get_iters(cfg, [mx.cpu()], want_train=False)
     mod = mx.mod.Module(sym, context=mx.cpu())
     mod.bind(data_shapes=val.provide_data, label_shapes=val.provide_label, for_training=False)
@@ -267,6 +248,7 @@ def test_checkpoint_loads_with_plain_mxnet(demo_root, tmp_path):
     np.testing.assert_allclose(out, first[2], atol=1e-3)
 
 
+@pytest.mark.e2e
 def test_only_inference_scores_a_checkpoint(demo_root, tmp_path):
     prefix = tmp_path / "m"
     run([RUNNER, "-n", "1", "-b", "32", "-e", "1", "--data-root", demo_root, "--model-prefix", prefix,
@@ -281,6 +263,7 @@ def test_only_inference_scores_a_checkpoint(demo_root, tmp_path):
     assert "Score[1]: top-1" in res.stderr
 
 
+@pytest.mark.e2e
 def test_two_cpu_devices_train(tmp_path):
     res = run([RUNNER, "-n", "2", "-b", "4", "-e", "1", "--no-val", "--report", tmp_path / "r.json", *SYNTH],
               check=True)
@@ -289,6 +272,7 @@ def test_two_cpu_devices_train(tmp_path):
     assert "on cpu(0),cpu(1)" in res.stderr
 
 
+@pytest.mark.e2e
 def test_runner_scales_batch_and_lr_and_sets_threads():
     res = run([RUNNER, "-n", "2", "-b", "16", "-l", "0.1", "--dry-run", "--data-root", "x", "--seed", "1"],
               check=True)
@@ -313,6 +297,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.e2e
 def test_runner_malloc_settings_keep_freed_memory():
     """The allocator settings the runner gives CPU scoring: a big block freed and allocated again costs no new page
     faults, where glibc's defaults map it afresh (16,384 faults for 64 MiB)."""
@@ -329,6 +314,7 @@ def test_runner_malloc_settings_keep_freed_memory():
     assert default > 10_000 and tuned < 1_000, (default, tuned)
 
 
+@pytest.mark.e2e
 def test_train_help_lists_every_group_with_defaults():
     out = run([PY, ROOT / "train.py", "-h"], check=True).stdout
     for group in ("Training:", "Model:", "Data:", "Augmentation:", "DALI:"):
@@ -342,6 +328,7 @@ def test_train_help_lists_every_group_with_defaults():
     (["-b", "0"], "-b 0: the batch per device must be at least 1"),
     (["--model-prefix", "{tmp}/none", "--load-epoch", "3"], "--load-epoch 3: {tmp}/none-0003.params not found"),
 ])
+@pytest.mark.e2e
 def test_runner_usage_errors(args, expect, tmp_path):
     res = run([RUNNER, "-e", "1", *SYNTH, *[a.format(tmp=tmp_path) for a in args]])
     assert res.returncode == 2, res.stderr
@@ -349,6 +336,7 @@ def test_runner_usage_errors(args, expect, tmp_path):
     assert len(lines) == 1 and expect.format(tmp=tmp_path) in lines[0] and "Traceback" not in res.stderr
 
 
+@pytest.mark.e2e
 def test_global_batch_smaller_than_devices_is_a_usage_error():
     res = run([PY, ROOT / "train.py", "--cpu-devices", "2", "--batch-size", "1", *SYNTH])
     assert res.returncode == 2

@@ -106,16 +106,13 @@ def bench_pipelines(data_root: Path, backends: Sequence[str], batch: int, thread
     import dali
     import data
 
-    p = Parser()
-    data.add_data_args(p)
-    dali.add_dali_args(p)
     gpus = num_gpus()
     results = {b: {"train": [], "val": []} for b in backends}
     for _ in range(repeats):
         for backend in backends:
-            args = p.parse_args(["--data-root", str(data_root), "--data-backend", backend, "--dali-threads",
-                                 str(threads), "--data-mxnet-threads", str(threads)])
-            cfg = data.config_from_args(args, batch, have_gpu=bool(gpus), seed=1)
+            cfg = data.resolve(data.DataConfig(data_root=data_root, data_backend=backend, batch_size=batch, seed=1,
+                                               data_mxnet_threads=threads, dali=dali.DaliConfig(dali_threads=threads)),
+                               have_gpu=bool(gpus))
             ctx = [mx.gpu(0)] if backend == "dali-gpu" else [mx.cpu(0)]
             for split in ("train", "val"):
                 train, val = data.get_iters(cfg, ctx, want_val=split == "val")
@@ -132,13 +129,9 @@ def time_one_pipeline(data_root: Path, backend: str, load: float | None, split: 
     import dali
     import data
 
-    p = Parser()
-    data.add_data_args(p)
-    dali.add_dali_args(p)
-    flags = ["--data-root", str(data_root), "--data-backend", backend, "--dali-threads", str(threads)]
-    if load is not None:
-        flags += ["--dali-hw-decoder-load", str(load)]
-    cfg = data.config_from_args(p.parse_args(flags), batch, have_gpu=backend == "dali-gpu", seed=1)
+    d = dali.DaliConfig(dali_threads=threads, **({} if load is None else {"dali_hw_decoder_load": load}))
+    cfg = data.resolve(data.DataConfig(data_root=data_root, data_backend=backend, batch_size=batch, seed=1, dali=d),
+                       have_gpu=backend == "dali-gpu")
     return dali.time_pipeline(cfg, split == "train", iters, device_id=0)
 
 

@@ -10,35 +10,66 @@ other JPEG is copied byte for byte. The output is the format of MXNet's ``im2rec
     python tools/prepare_dataset.py --train-dir RAW/train --val-dir RAW/val --data-root OUT --num-thread 8
 
 writes ``OUT/{train,val}.{lst,rec,idx}`` and ``OUT/classes.txt`` (``label<TAB>folder``; labels are the index of the
-sorted class-folder names of the training tree). Corrupt or unreadable images are skipped and listed at the end;
-they never stop a run. Each output appears under its final name only once it is complete.
+sorted class-folder names of the training tree). Each output appears under its final name only once it is complete.
+
+Any tree is taken as it is, never with a traceback; what cannot be used is skipped and listed at the end:
+
+* corrupt, truncated, unreadable images, and images whose header claims more than ``--max-pixels`` pixels (read from
+  the JPEG frame header or the PNG IHDR chunk, so a bogus size costs no memory). Any failure while processing one
+  image (OpenCV's, a MemoryError) skips that image only;
+* links are followed, as im2rec does, but each real folder is listed once: a link that leads back into its own
+  folders (a loop) or to a folder listed already, a link to a folder of another class, broken links and unreadable
+  folders are listed with the reason. A class folder may itself be a link to a folder outside the tree.
+
+The ``.lst`` names every file exactly. Its path column is the path relative to the tree, written as UTF-8; a byte
+of a name that is not valid UTF-8 is written as that byte (read the file as UTF-8 with ``errors="surrogateescape"``
+to get it back). Backslash escapes stand for what a line-based reader would split or strip: ``\\\\`` (a backslash),
+``\\t``, ``\\n``, ``\\r``, ``\\xHH`` for other control characters and for whitespace at either end of the column,
+``\\uHHHH`` for the Unicode line separators. ``unescape_path`` reverses this; plain names are written exactly as
+im2rec writes them. ``classes.txt`` writes folder names the same way.
+
+``--data-root`` may lie inside an input tree (it is left out of the listing, with a warning) but may not be the tree
+itself (the outputs would lie among the class folders) nor a folder that holds images (a class). SIGINT and SIGTERM
+stop the run between two images: temporary files are removed, one line says so, and the exit status is 128 + the
+signal. A full disk is one line naming the file (exit status 5, ``common.OutputError``).
 """
 from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
+import errno
+import itertools
 import os
 import random
+import re
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from common import Parser, UsageError, atomic_path, available_cores, run_main  # noqa: E402
-from tools.recordio import IndexedRecordWriter, pack_image_record  # noqa: E402
+from common import (EXIT_OUTPUT, EXIT_USAGE, Parser, StopFlag, UsageError, atomic_path, available_cores,  # noqa: E402
+                    output_error, run_main)
+from recfile import IR_HEADER_SIZE, IndexedRecordWriter, jpeg_info, pack_image_record, png_info  # noqa: E402
 
+PROG = "prepare_dataset.py"
 DEFAULT_EXTS = (".jpeg", ".jpg", ".png")  # im2rec's defaults
 JPEG_QUALITY = 100  # MLPerf Stage 1: "In both instances the quality saved is 100"
 SHUFFLE_SEED = 100  # the seed im2rec.py uses for its shuffled lists
+MAX_PIXELS = 100_000_000  # 2.6x ImageNet's largest image (5980x6430); decoded, 300 MB
+OPENCV_MAX_PIXELS = 1 << 30  # OpenCV's own limit: above it imdecode raises cv2.error
+MAX_IMAGE_BYTES = (1 << 29) - 1 - IR_HEADER_SIZE  # a RecordIO record's length field has 29 bits
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
 class Item:
     key: int  # im2rec's image index: position in the sorted walk of the tree
     label: int
-    relpath: str
+    relpath: str  # as the OS gives it (undecodable bytes as surrogate escapes), not escaped
 
 
 @dataclass(frozen=True)
@@ -48,42 +79,57 @@ class Result:
     action: str  # "copied", "converted:<why>" or "skipped:<why>"
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: raised between two images, so every ``atomic_path`` removes its temporary file.
+    ``complete`` names the splits whose outputs were in place before."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.complete: list[str] = []
+
+
+def check_stop(stop: StopFlag | None) -> None:
+    if stop is not None and stop.signum:
+        raise Interrupted(stop.signum)
+
+
+def warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Names in the .lst: any file name Linux allows must come back exactly
+
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+# What a reader splitting lines (str.splitlines included), splitting at tabs, or stripping fields would cut.
+_NEEDS_ESCAPE = re.compile(r"[\\\x00-\x1f\x7f\x85\u2028\u2029]|\A\s|\s\Z")
+_ESCAPED = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|[\\tnr])")
+
+
+def escape_path(name: str) -> str:
+    """The ``.lst`` path column for ``name`` (see the module docstring); a plain name is returned unchanged."""
+    return _NEEDS_ESCAPE.sub(_escape_char, name)
+
+
+def _escape_char(match: re.Match) -> str:
+    ch = match.group()
+    return _ESCAPES.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+
+def unescape_path(column: str) -> str:
+    """The file name a ``.lst`` path column (read as UTF-8 with ``errors="surrogateescape"``) stands for."""
+    return _ESCAPED.sub(lambda m: _UNESCAPES.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), column)
+
+
+def shown(path: os.PathLike | str) -> str:
+    """A path as printed: escaped like the ``.lst``, so every reported path is one line and prints in any locale."""
+    return escape_path(str(path)).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # What kind of image is this? (header parsing only: the pass-through path never decodes)
-
-_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame; C4/C8/CC are DHT, JPG, DAC
-
-
-def jpeg_components(data: bytes) -> int:
-    """Number of colour components in a JPEG's frame header (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK).
-
-    Raises ValueError for a file that is not a structurally complete JPEG (no SOI, no frame header before the scan,
-    or no EOI marker at the end, the usual sign of a truncated download).
-    """
-    if data[:2] != b"\xff\xd8":
-        raise ValueError("not a JPEG (no SOI marker)")
-    if b"\xff\xd9" not in data[-4096:]:
-        raise ValueError("truncated JPEG (no EOI marker at the end)")
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise ValueError(f"corrupt JPEG (expected a marker at byte {i})")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-            i += 2
-            continue
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker in _SOF_MARKERS:
-            if i + 10 > n:
-                break
-            return data[i + 9]
-        if marker == 0xDA:  # start of scan before any frame header
-            break
-        i += 2 + length
-    raise ValueError("corrupt JPEG (no frame header)")
 
 
 def to_rgb_jpeg(data: bytes) -> bytes:
@@ -100,29 +146,50 @@ def to_rgb_jpeg(data: bytes) -> bytes:
     return buf.tobytes()
 
 
-def process(root: Path, item: Item, verify: bool) -> Result:
-    """Read one image and decide: copy its bytes, convert it to an RGB JPEG, or skip it (with the reason)."""
+def process(root: Path, item: Item, verify: bool, max_pixels: int = MAX_PIXELS) -> Result:
+    """Read one image and decide: copy its bytes, convert it to an RGB JPEG, or skip it (with the reason). Whatever
+    goes wrong here (OpenCV's errors, a MemoryError, ...) skips this image only; it never ends the run."""
     try:
-        data = (root / item.relpath).read_bytes()
-    except OSError as err:
-        return Result(item, None, f"skipped:unreadable ({err.strerror or err})")
+        data, action = _convert(root / item.relpath, verify, max_pixels)
+    except Exception as err:  # noqa: BLE001 - one image must never end the run
+        return Result(item, None, f"skipped:{_reason(err)}")
+    return Result(item, data, action)
+
+
+def _convert(path: Path, verify: bool, max_pixels: int) -> tuple[bytes, str]:
+    """(bytes to store, action) for one file; ValueError says why it is skipped."""
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise ValueError(f"file of {size} bytes is larger than a RecordIO record holds")
+    data = path.read_bytes()
     if not data:
-        return Result(item, None, "skipped:empty file")
-    try:
-        if data[:2] == b"\xff\xd8":
-            comps = jpeg_components(data)
-            if comps == 3:
-                if verify:
-                    _check_decodes(data)
-                return Result(item, data, "copied")
-            why = {1: "grayscale JPEG", 4: "CMYK JPEG"}.get(comps, f"{comps}-component JPEG")
-        elif data[:8] == b"\x89PNG\r\n\x1a\n":
-            why = "PNG"
-        else:
-            why = "not JPEG"
-        return Result(item, to_rgb_jpeg(data), f"converted:{why}")
-    except ValueError as err:
-        return Result(item, None, f"skipped:{err}")
+        raise ValueError("empty file")
+    if data[:2] == b"\xff\xd8":
+        if b"\xff\xd9" not in data[-4096:]:  # Stage 1 skips truncated downloads, which decoders would pad with gray
+            raise ValueError("truncated JPEG (no EOI marker at the end)")
+        info = jpeg_info(data)
+        check_pixels(info.width, info.height, max_pixels)
+        if info.components == 3:
+            if verify:
+                _check_decodes(data)
+            return data, "copied"
+        why = {1: "grayscale JPEG", 4: "CMYK JPEG"}[info.components]
+    elif data[:8] == PNG_SIGNATURE:
+        height, width = png_info(data)
+        check_pixels(width, height, max_pixels)
+        why = "PNG"
+    else:
+        why = "not JPEG"  # another format OpenCV may read; OpenCV's own pixel limit applies (see limit_opencv)
+    out = to_rgb_jpeg(data)
+    if len(out) > MAX_IMAGE_BYTES:
+        raise ValueError(f"converted JPEG of {len(out)} bytes is larger than a RecordIO record holds")
+    return out, f"converted:{why}"
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Skip an image whose header claims more pixels than ``--max-pixels``, before anything decodes it."""
+    if width * height > max_pixels:
+        raise ValueError(f"{width}x{height} px ({width * height / 1e6:.1f} MP) is above --max-pixels {max_pixels}")
 
 
 def _check_decodes(data: bytes) -> None:
@@ -133,45 +200,221 @@ def _check_decodes(data: bytes) -> None:
         raise ValueError("corrupt JPEG (does not decode)")
 
 
+def _reason(err: Exception) -> str:
+    """One line saying why an image was skipped."""
+    if type(err) is ValueError:  # this module's own reasons, and recfile's header checks
+        return str(err)
+    if isinstance(err, OSError):
+        return f"unreadable ({err.strerror or err})"
+    if isinstance(err, MemoryError):
+        return "out of memory while reading or converting it"
+    text = " ".join(str(err).split())[:300]
+    return f"cannot be processed ({type(err).__module__}.{type(err).__qualname__}: {text})"
+
+
+def limit_opencv(max_pixels: int) -> None:
+    """Make OpenCV refuse images above ``max_pixels`` too, for the formats whose header this tool does not read (a
+    BMP or WebP under an image extension). OpenCV reads the limit once, when it loads: this works before cv2 is
+    imported, and only lowers the limit (above 2^30 pixels OpenCV's own limit stays)."""
+    if "cv2" not in sys.modules and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(min(max_pixels, OPENCV_MAX_PIXELS))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Listing the tree
 
 
-def class_folders(root: Path, flag: str) -> list[str]:
+def _within(path: str, folder: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or lies below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _dir_id(path: os.PathLike | str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _sorted_entries(path: os.PathLike | str) -> list[os.DirEntry]:
+    with os.scandir(path) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def entry_kind(entry: os.DirEntry) -> tuple[str, object]:
+    """One directory entry, links followed: ("dir", (st_dev, st_ino)), ("file", None), ("skip", why) for a link
+    that cannot be followed or an entry that cannot be read, or ("other", None) (sockets, devices: never images)."""
+    try:
+        if entry.is_dir():
+            st = entry.stat()
+            return "dir", (st.st_dev, st.st_ino)
+        if entry.is_file():
+            return "file", None
+        if entry.is_symlink():
+            return "skip", f"broken link (to {shown(os.readlink(entry.path))})"
+        return "other", None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "skip", "link loop (a chain of links that leads back to itself)"
+        return "skip", f"unreadable ({err.strerror or err})"
+
+
+def link_problem(path: str, tree_real: str, class_real: str | None) -> str | None:
+    """Why a link to a folder is not followed: it holds the tree (a loop), or it leads to another part of the tree
+    (whose images belong to that folder's class). None: follow it."""
+    target = os.path.realpath(path)
+    if _within(tree_real, target):
+        return f"link loop (it leads to {shown(target)}, which holds the tree)"
+    if _within(target, tree_real) and not (class_real and _within(target, class_real)):
+        return f"link to {shown(target)}, another folder of the same tree (its images are listed there)"
+    return None
+
+
+def top_folders(root: Path, flag: str, exclude: tuple | None) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """A tree's class folders, {name: real path} (its visible sub-folders; a link to a folder outside the tree
+    counts), and the top-level entries left out, (path, why). ``exclude``: the (st_dev, st_ino) of --data-root."""
     if not root.is_dir():
         raise UsageError(f"{flag} {root}: not a directory (expected <dir>/<class>/<image> folders)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    try:
+        entries = _sorted_entries(root)
+    except OSError as err:
+        raise UsageError(f"{flag} {root}: cannot be read ({err.strerror or err})") from None
+    tree_real = os.path.realpath(root)
+    folders, ids, left_out = {}, {}, []
+    for e in entries:
+        if e.name.startswith("."):
+            continue
+        kind, info = entry_kind(e)
+        if kind == "skip":
+            left_out.append((e.path, info))
+        if kind != "dir" or info == exclude:
+            continue
+        why = (link_problem(e.path, tree_real, None) if e.is_symlink() else None) or \
+            _seen_before(e.path, ids.get(info))  # two links to one folder outside the tree: one class
+        if why:
+            left_out.append((e.path, why))
+            continue
+        folders[e.name] = os.path.realpath(e.path)
+        ids[info] = str(root / e.name)
+    if not folders:
         raise UsageError(f"{flag} {root}: no class folders inside (expected <dir>/<class>/<image>)")
-    return classes
+    return folders, left_out
 
 
-def list_images(root: Path, classes: Sequence[str], exts: Iterable[str], flag: str) -> list[Item]:
-    """Images under ``root/<class>/`` (recursively, like im2rec), in sorted order; keys count from 0."""
-    exts = {e.lower() for e in exts}
-    label_of = {c: i for i, c in enumerate(classes)}
-    items = []
-    for cls in sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+def list_images(root: Path, folders: dict[str, str], label_of: dict[str, int], exts: Iterable[str], flag: str,
+                exclude: tuple | None = None, stop: StopFlag | None = None) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Images under ``root/<class>/`` in im2rec's order (a folder's files sorted, then its sub-folders, depth first);
+    keys count from 0. Links are followed, each real folder once (by st_dev, st_ino). Returns the items and the
+    entries left out, (path, why)."""
+    for cls in folders:
         if cls not in label_of:
-            raise UsageError(f"{flag} {root}: class folder '{cls}' is not among the training classes "
+            raise UsageError(f"{flag} {root}: class folder '{shown(cls)}' is not among the training classes "
                              f"(val must use the train folder names)")
-        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if Path(name).suffix.lower() in exts:
-                    rel = os.path.relpath(os.path.join(dirpath, name), root)
-                    items.append(Item(len(items), label_of[cls], rel))
+    exts = {e.lower() for e in exts}
+    tree_real = os.path.realpath(root)
+    seen = {_dir_id(root): str(root)}  # folder id -> where it is listed; a link to a class folder is not followed
+    seen.update((_dir_id(real), str(root / cls)) for cls, real in folders.items())
+    items, left_out = [], []
+    for cls in sorted(folders):
+        stack = [(str(root / cls), cls)]
+        while stack:
+            check_stop(stop)
+            path, rel = stack.pop()
+            try:
+                entries = _sorted_entries(path)
+            except OSError as err:
+                left_out.append((path, f"unreadable folder ({err.strerror or err})"))
+                continue
+            subdirs = []
+            for e in entries:
+                kind, info = entry_kind(e)
+                if kind == "file" and os.path.splitext(e.name)[1].lower() in exts:
+                    items.append(Item(len(items), label_of[cls], f"{rel}/{e.name}"))
+                elif kind == "skip":
+                    left_out.append((e.path, info))
+                elif kind == "dir" and info != exclude:
+                    why = (link_problem(e.path, tree_real, folders[cls]) if e.is_symlink() else None) or \
+                        _seen_before(e.path, seen.get(info))
+                    if why:
+                        left_out.append((e.path, why))
+                        continue
+                    seen[info] = e.path
+                    subdirs.append((e.path, f"{rel}/{e.name}"))
+            stack.extend(reversed(subdirs))
     if not items:
         raise UsageError(f"{flag} {root}: no images with extensions {' '.join(sorted(exts))} in its class folders")
-    return items
+    return items, left_out
+
+
+def _seen_before(path: str, first: str | None) -> str | None:
+    if first is None:
+        return None
+    if _within(path, first):
+        return f"link loop (it leads back to {shown(first)})"
+    return f"same folder as {shown(first)} (its images are listed there)"
+
+
+def check_output_place(data_root: Path, splits: Sequence[tuple[str, Path, str]], exts: Iterable[str]) -> None:
+    """--data-root inside an input tree: the tree itself would mix the outputs with its class folders, and a folder
+    that holds images is a class folder: both are usage errors. Any other folder inside a tree is left out of the
+    listing (so its outputs and temporary files never become images or a class), with one warning."""
+    out = os.path.realpath(data_root)
+    warned = set()
+    for _, tree, flag in splits:
+        top = os.path.realpath(tree)
+        if out == top:
+            raise UsageError(f"--data-root {data_root} is {flag} itself: the outputs would lie among its class "
+                             "folders; choose a folder outside the tree")
+        if not _within(out, top) or top in warned:
+            continue
+        image = _first_image(data_root, exts)
+        if image:
+            raise UsageError(f"--data-root {data_root} is inside {flag} {tree} and holds images ({shown(image)}); "
+                             "choose an output folder outside the tree")
+        warn(f"--data-root {data_root} is inside {flag} {tree}; it is left out of the listing")
+        warned.add(top)
+
+
+def _first_image(folder: Path, exts: Iterable[str]) -> str | None:
+    exts = {e.lower() for e in exts}
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if os.path.splitext(name)[1].lower() in exts:
+                return os.path.join(dirpath, name)
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Writing one split
 
 
+def processed(root: Path, items: Sequence[Item], num_thread: int, verify: bool, max_pixels: int) -> Iterator[Result]:
+    """``process`` over ``items`` on ``num_thread`` threads, results in order. At most 4 images per thread are in
+    flight, so memory stays bounded; closing the generator (an error or a signal in the caller) cancels the rest and
+    waits only for the images being read now."""
+    pool = cf.ThreadPoolExecutor(max_workers=num_thread)
+    try:
+        todo = iter(items)
+        window = collections.deque(pool.submit(process, root, item, verify, max_pixels)
+                                   for item in itertools.islice(todo, 4 * num_thread))
+        while window:
+            res = window.popleft().result()
+            window.extend(pool.submit(process, root, item, verify, max_pixels) for item in itertools.islice(todo, 1))
+            yield res
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """A failed write names ``path``, the output the user knows (not its temporary file, nor a sibling output)."""
+    try:
+        yield
+    except OSError as err:
+        raise output_error(path, err) from None
+
+
 def prepare_split(root: Path, items: list[Item], out_prefix: Path, num_thread: int, shuffle: bool, verify: bool,
-                  progress: bool = True) -> tuple[int, list[Result], collections.Counter]:
+                  progress: bool = True, max_pixels: int = MAX_PIXELS,
+                  stop: StopFlag | None = None) -> tuple[int, list[Result], collections.Counter]:
     """Write ``<prefix>.lst/.rec/.idx`` for ``items``; return (records written, skipped results, action counts)."""
     from tqdm import tqdm
 
@@ -180,23 +423,16 @@ def prepare_split(root: Path, items: list[Item], out_prefix: Path, num_thread: i
         random.Random(SHUFFLE_SEED).shuffle(order)
     skipped: list[Result] = []
     counts: collections.Counter = collections.Counter()
-    written = 0
-    with atomic_path(out_prefix.with_suffix(".rec")) as rec_tmp, \
-            atomic_path(out_prefix.with_suffix(".idx")) as idx_tmp, \
-            atomic_path(out_prefix.with_suffix(".lst")) as lst_tmp:
-        with open(rec_tmp, "wb") as rec, open(lst_tmp, "w") as lst, \
-                cf.ThreadPoolExecutor(max_workers=num_thread) as pool, \
+    kept: list[Item] = []
+    rec_path, idx_path, lst_path = (out_prefix.with_suffix(s) for s in (".rec", ".idx", ".lst"))
+    with atomic_path(rec_path) as rec_tmp, atomic_path(idx_path) as idx_tmp, atomic_path(lst_path) as lst_tmp:
+        with naming(rec_path), open(rec_tmp, "wb") as rec, \
+                contextlib.closing(processed(root, order, num_thread, verify, max_pixels)) as results, \
                 tqdm(total=len(order), desc=out_prefix.name, unit="img", disable=not progress or None,
                      file=sys.stderr) as bar:
             writer = IndexedRecordWriter(rec)
-            window: collections.deque = collections.deque()
-            todo = iter(order)
-            for item in _take(todo, 4 * num_thread):
-                window.append(pool.submit(process, root, item, verify))
-            while window:
-                res = window.popleft().result()
-                for item in _take(todo, 1):
-                    window.append(pool.submit(process, root, item, verify))
+            for res in results:
+                check_stop(stop)
                 counts[res.action.split(":")[0]] += 1
                 bar.update()
                 if res.data is None:
@@ -205,40 +441,53 @@ def prepare_split(root: Path, items: list[Item], out_prefix: Path, num_thread: i
                 if res.action != "copied":
                     counts[res.action] += 1
                 writer.write(res.item.key, pack_image_record(res.item.label, res.item.key, res.data))
-                lst.write(f"{res.item.key}\t{float(res.item.label):f}\t{res.item.relpath}\n")
-                written += 1
-        with open(idx_tmp, "wb") as idx:
-            writer.write_index(idx)
-        if written == 0:
+                kept.append(res.item)
+        if not kept:
             raise UsageError(f"{root}: none of its {len(items)} images could be read; nothing was written")
-    return written, skipped, counts
+        with naming(idx_path), open(idx_tmp, "wb") as idx:
+            writer.write_index(idx)
+        with naming(lst_path):
+            write_lst(lst_tmp, kept)
+        check_stop(stop)  # a signal during the last writes: still nothing in place
+    return len(kept), skipped, counts
 
 
-def _take(it, n):
-    for _ in range(n):
-        try:
-            yield next(it)
-        except StopIteration:
-            return
+def write_lst(path: Path, items: Iterable[Item]) -> None:
+    """im2rec's ``.lst`` lines (``key<TAB>label<TAB>path``), the path escaped (``escape_path``)."""
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as lst:
+        for item in items:
+            lst.write(f"{item.key}\t{float(item.label):f}\t{escape_path(item.relpath)}\n")
 
 
 def write_classes(path: Path, classes: Sequence[str]) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{i}\t{c}\n" for i, c in enumerate(classes)))
+        tmp.write_text("".join(f"{i}\t{escape_path(c)}\n" for i, c in enumerate(classes)), encoding="utf-8",
+                       errors="surrogateescape")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Command line
 
+EPILOG = (f"Links are followed (each real folder once; loops, broken links and unreadable folders are skipped and "
+          f"listed). The .lst path column is UTF-8, with bytes that are not UTF-8 written as they are; backslash "
+          f"escapes stand for a backslash (\\\\), tab (\\t), newline (\\n), carriage return (\\r), other control "
+          f"characters and whitespace at either end of the path (\\xHH), and Unicode line separators (\\uHHHH); "
+          f"plain names are written as im2rec writes them, classes.txt writes folder names the same way, and "
+          f"unescape_path() in this file reverses the escapes. "
+          f"Exit status: 0 done, {EXIT_USAGE} bad arguments or trees, {EXIT_OUTPUT} an output could not be written "
+          f"(full disk, permissions), 128 + the signal when stopped by SIGINT (130) or SIGTERM (143); temporary "
+          f"files are always removed.")
+
 
 def build_parser() -> Parser:
-    p = Parser(prog="prepare_dataset.py",
+    p = Parser(prog=PROG, epilog=EPILOG,
                description="Stage-1 preparation of ImageNet-style folders into pass-through RecordIO (im2rec format).")
     p.add_argument("--train-dir", type=Path, help="training tree <dir>/<class>/<image>; its sorted class folders "
                    "define the labels")
     p.add_argument("--val-dir", type=Path, help="validation tree with the same class folder names")
     p.add_argument("--data-root", type=Path, required=True,
-                   help="output folder for {train,val}.{lst,rec,idx} and classes.txt")
+                   help="output folder for {train,val}.{lst,rec,idx} and classes.txt; not a --train-dir or "
+                        "--val-dir itself (a folder inside one is left out of its listing)")
     p.add_argument("--num-thread", type=int, default=available_cores(), help="reader/converter threads")
     p.add_argument("--exts", nargs="+", default=list(DEFAULT_EXTS), help="image file extensions to include")
     p.add_argument("--no-shuffle", dest="shuffle", action="store_false",
@@ -246,49 +495,88 @@ def build_parser() -> Parser:
     p.add_argument("--verify", action="store_true",
                    help="also decode every pass-through JPEG to catch corruption inside the entropy-coded data "
                         "(slower; the default checks the JPEG structure only)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help="skip (and list) any image whose header claims more pixels (width x height, read from the "
+                        "JPEG frame header or PNG IHDR without decoding). The default, 100,000,000, is 2.6 times "
+                        "ImageNet's largest image (5980x6430 = 38.5 MP) and a tenth of OpenCV's own limit (2^30 "
+                        "pixels, above which it refuses to decode); a decoded image at the limit takes 300 MB, so "
+                        "8 threads converting at once need at most 2.4 GB")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def prepare(train_dir: Path | None, val_dir: Path | None, data_root: Path, num_thread: int,
             exts: Sequence[str] = DEFAULT_EXTS, shuffle: bool = True, verify: bool = False,
-            progress: bool = True) -> dict:
-    """Prepare the given trees into ``data_root``. Returns {split: {"records": n, "skipped": [(path, why)]}}."""
+            progress: bool = True, max_pixels: int = MAX_PIXELS, stop: StopFlag | None = None) -> dict:
+    """Prepare the given trees into ``data_root``. Returns {split: {"records": n, "copied": n, "converted": {why: n},
+    "skipped": [(image path, why)], "left_out": [(path, why)] (links and folders of the tree)}}."""
     if train_dir is None and val_dir is None:
         raise UsageError("give --train-dir and/or --val-dir (ImageNet-style <dir>/<class>/<image> trees)")
     if num_thread < 1:
         raise UsageError(f"--num-thread {num_thread}: must be at least 1")
+    if max_pixels < 1:
+        raise UsageError(f"--max-pixels {max_pixels}: must be at least 1")
     if data_root.exists() and not data_root.is_dir():
         raise UsageError(f"--data-root {data_root}: exists and is not a directory")
-    classes = class_folders(train_dir, "--train-dir") if train_dir else class_folders(val_dir, "--val-dir")
     splits = [(name, d, flag) for name, d, flag in (("train", train_dir, "--train-dir"), ("val", val_dir, "--val-dir"))
               if d is not None]
-    listed = {name: list_images(d, classes, exts, flag) for name, d, flag in splits}  # all checks before writing
-    data_root.mkdir(parents=True, exist_ok=True)
-    summary = {}
-    for name, d, _ in splits:
-        written, skipped, counts = prepare_split(d, listed[name], data_root / name, num_thread, shuffle, verify,
-                                                 progress)
-        converted = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("converted:")}
-        summary[name] = {"records": written, "copied": counts["copied"], "converted": converted,
-                         "skipped": [(str(d / r.item.relpath), r.action.split(":", 1)[1]) for r in skipped]}
-    write_classes(data_root / "classes.txt", classes)
+    exclude = _dir_id(data_root) if data_root.is_dir() else None
+    tops = {name: top_folders(d, flag, exclude) for name, d, flag in splits}
+    check_output_place(data_root, splits, exts)
+    if train_dir is not None and val_dir is not None and os.path.samefile(train_dir, val_dir):
+        warn(f"--val-dir {val_dir} is the same folder as --train-dir {train_dir}: the validation set equals the "
+             "training set")
+    classes = sorted(tops[splits[0][0]][0])
+    label_of = {c: i for i, c in enumerate(classes)}
+    listed = {name: list_images(d, tops[name][0], label_of, exts, flag, exclude, stop) for name, d, flag in splits}
+    summary: dict = {}
+    try:
+        for name, d, _ in splits:
+            written, skipped, counts = prepare_split(d, listed[name][0], data_root / name, num_thread, shuffle,
+                                                     verify, progress, max_pixels, stop)
+            if not summary:
+                write_classes(data_root / "classes.txt", classes)
+            converted = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("converted:")}
+            summary[name] = {"records": written, "copied": counts["copied"], "converted": converted,
+                             "skipped": [(str(d / r.item.relpath), r.action.split(":", 1)[1]) for r in skipped],
+                             "left_out": tops[name][1] + listed[name][1]}
+    except Interrupted as err:
+        err.complete = list(summary)
+        raise
     return summary
+
+
+def interrupted_message(err: Interrupted) -> str:
+    done = " and ".join(f"{name}.{{lst,rec,idx}}" for name in err.complete)
+    state = f"{done} and classes.txt are complete, nothing else was written" if done else "no output written"
+    return f"{PROG}: interrupted ({signal.Signals(err.signum).name}); {state}, temporary files removed"
+
+
+def print_summary(summary: dict, data_root: Path) -> None:
+    for name, s in summary.items():
+        conv = ", ".join(f"{v} {k}" for k, v in sorted(s["converted"].items())) or "none"
+        print(f"{name}: {s['records']} records in {shown(data_root / name)}.rec "
+              f"({s['copied']} JPEGs copied as they are; converted to RGB JPEG q{JPEG_QUALITY}: {conv})")
+        for entries, what in ((s["skipped"], "corrupt, unreadable or oversized image(s)"),
+                              (s["left_out"], "link(s) or folder(s) of the tree")):
+            if entries:
+                print(f"{name}: skipped {len(entries)} {what}:")
+                for path, why in entries:
+                    print(f"  {shown(path)}: {why}")
+    print(f"classes: {shown(data_root / 'classes.txt')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    summary = prepare(args.train_dir, args.val_dir, args.data_root, args.num_thread, args.exts, args.shuffle,
-                      args.verify, progress=not args.quiet)
-    for name, s in summary.items():
-        conv = ", ".join(f"{v} {k}" for k, v in sorted(s["converted"].items())) or "none"
-        print(f"{name}: {s['records']} records in {args.data_root / name}.rec "
-              f"({s['copied']} JPEGs copied as they are; converted to RGB JPEG q{JPEG_QUALITY}: {conv})")
-        if s["skipped"]:
-            print(f"{name}: skipped {len(s['skipped'])} corrupt or unreadable image(s):")
-            for path, why in s["skipped"]:
-                print(f"  {path}: {why}")
-    print(f"classes: {args.data_root / 'classes.txt'}")
+    limit_opencv(args.max_pixels)
+    with StopFlag(PROG) as stop:
+        try:
+            summary = prepare(args.train_dir, args.val_dir, args.data_root, args.num_thread, args.exts, args.shuffle,
+                              args.verify, progress=not args.quiet, max_pixels=args.max_pixels, stop=stop)
+        except Interrupted as err:
+            print(interrupted_message(err), file=sys.stderr)
+            return 128 + err.signum
+    print_summary(summary, args.data_root)
     return 0
 
 
