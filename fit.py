@@ -610,8 +610,9 @@ def _log_epoch(epoch, train, val):
     if "top1" in train:
         parts.append(f"top-1 {train['top1']:.2f}%")
     if val:
-        parts.append(f"| val: top-1 {val.get('top1', float('nan')):.2f}% top-5 {val.get('top5', float('nan')):.2f}% "
-                     f"loss {val.get('loss', float('nan')):.4f} {val.get('total_ips', float('nan')):.1f} img/s")
+        top = f"top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% " if "top1" in val else ""
+        parts.append(f"| val: {top}loss {val.get('loss', float('nan')):.4f} {val.get('total_ips', float('nan')):.1f} "
+                     "img/s")
     log.info(" ".join(parts))
 
 

@@ -16,8 +16,8 @@ the next entry starts (the last one at the end of the file), every record must c
 ``[0, num_classes)`` and start with the signature of an image format the decoders read; ``headers=True`` also parses
 every JPEG's markers up to the start of its scan (what a decoder needs before it can produce any pixel; a record that
 fails there is what kills MXNet's ``ImageRecordIter`` with SIGFPE), and ``decode=True`` decodes every image. The
-first checks read 40 bytes per record through a memory map, vectorized: a second or two for ImageNet's 1.28 million
-records once they are in the page cache.
+first checks read 40 bytes per record through a memory map, vectorized: 2.3-3.5 s for ImageNet's 1.28 million
+records once they are in the page cache (2 cores of an AMD EPYC), about 15 s with the JPEG headers.
 """
 from __future__ import annotations
 

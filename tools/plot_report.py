@@ -91,8 +91,10 @@ def summary(report: dict, report_path: Path, png: Path) -> str:
     ckpts = report.get("checkpoints", [])
     if ckpts:
         last = ckpts[-1]
-        lines.append(f"checkpoints: {last['prefix']}-symbol.json, {last['prefix']}-{last['epoch']:04d}.params "
-                     f"(and every earlier epoch)")
+        kept = [c for c in ckpts if Path(f"{c['prefix']}-{c['epoch']:04d}{'-partial' if c.get('partial') else ''}"
+                                         ".params").is_file()]  # --save-keep removes older ones
+        names = ", ".join(f"{c['epoch']}{' (partial)' if c.get('partial') else ''}" for c in kept) or "none left"
+        lines.append(f"checkpoints: {last['prefix']}-symbol.json, {last['prefix']}-NNNN.params of epochs {names}")
     lines.append(f"curves: {png}")
     return "\n".join(lines)
 
