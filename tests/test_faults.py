@@ -50,7 +50,7 @@ def trained(tmp_path_factory, demo_root):
 def test_signal_during_validation_checkpoints_the_epoch_and_resumes_exactly(tmp_path):
     """Validation used to ignore signals until its pass ended; now it stops within a batch, the trained epoch is
     checkpointed as complete, and a resume ends with the weights of an uninterrupted run."""
-    common = ["-n", "1", "-b", "8", "-e", "2", "--seed", "5", "--warmup-epochs", "0", *SYNTH]
+    common = ["-n", "1", "-b", "8", "-e", "2", "--seed", "5", "--warmup-epochs", "0", "--num-layers", "18", *SYNTH]
     run([RUNNER, *common, "--no-val", "--model-prefix", tmp_path / "full"], check=True)
     t0 = time.monotonic()
     code, err = run_until([RUNNER, *common, "--num-val-examples", "40000", "--model-prefix", tmp_path / "cut",
@@ -181,7 +181,8 @@ def test_a_corrupt_record_is_one_line_naming_it(tmp_path, demo_root, backend, mo
     root = copy_set(demo_root, tmp_path / "set", fault, split=split)
     key, off = __import__("recfile").read_index(root / f"{split}.idx")[5]
     args = [RUNNER, "-n", "1", "-b", "32", "-e", "2", "--data-root", root, "--data-backend", backend,
-            "--report", tmp_path / "r.json", "--model-prefix", tmp_path / "m", "--seed", "3", *TINY]
+            "--report", tmp_path / "r.json", "--model-prefix", tmp_path / "m", "--seed", "3", "--num-layers", "18",
+            *TINY]
     res = run(args + (["--only-inference"] if mode == "score" else ["--no-val"]))
     assert res.returncode == code, res.stderr[-2000:]
     line = one_error(res, expect.format(root=root, key=key, off=off))

@@ -169,7 +169,8 @@ def test_two_iterations_write_checkpoint_and_report(demo_root, tmp_path):
 
 @pytest.mark.e2e
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path):
-    common = ["-n", "1", "-b", "8", "-e", "2", "--seed", "7", "--no-val", "--warmup-epochs", "1", *SYNTH]
+    common = ["-n", "1", "-b", "8", "-e", "2", "--seed", "7", "--no-val", "--warmup-epochs", "1", "--num-layers", "18",
+              *SYNTH]
     run([RUNNER, *common, "--model-prefix", tmp_path / "full"], check=True)
     code, err = run_until([RUNNER, *common, "--model-prefix", tmp_path / "cut", "--report", tmp_path / "r.json"],
                           "Epoch[1] Batch[3/8]")
