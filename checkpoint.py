@@ -56,7 +56,7 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
-        return f"{self.prefix}-{self.epoch:04d}{'-partial' if self.partial else ''}"
+        return name(self.prefix, self.epoch, self.partial)
 
     @property
     def position(self) -> tuple:
@@ -64,8 +64,13 @@ class Checkpoint:
         return (self.epoch, 0 if self.partial else 1)
 
 
+def name(prefix: Path, epoch: int, partial: bool = False) -> str:
+    """``<prefix>-NNNN`` or ``<prefix>-NNNN-partial``: the checkpoint's files without their suffixes."""
+    return f"{prefix}-{epoch:04d}{'-partial' if partial else ''}"
+
+
 def paths(prefix: Path, epoch: int, partial: bool = False) -> dict:
-    stem = f"{prefix}-{epoch:04d}{'-partial' if partial else ''}"
+    stem = name(prefix, epoch, partial)
     return {"symbol": Path(f"{prefix}-symbol.json"), "params": Path(f"{stem}.params"),
             "states": Path(f"{stem}.states"), "manifest": Path(f"{stem}.json")}
 

@@ -473,7 +473,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.model_prefix is None:
             return
-        log.info("writing checkpoint %s-%04d%s", cfg.model_prefix, number, "-partial" if partial else "")
+        log.info("writing checkpoint %s", checkpoint.name(cfg.model_prefix, number, partial))
         arg, aux = self.mod.get_params()
         blob = {f"arg:{k}": v for k, v in arg.items() if k != AMP_SCALE}
         blob.update({f"aux:{k}": v for k, v in aux.items()})
@@ -507,7 +507,7 @@ class Trainer:
             log.error("%s: stopped %s; no --model-prefix, so no checkpoint to resume from", stop.name, where)
             return 128 + stop.signum
         number = epoch + 1
-        name = f"{cfg.model_prefix}-{number:04d}{'' if epoch_complete else '-partial'}"
+        name = checkpoint.name(cfg.model_prefix, number, partial=not epoch_complete)
         if name != self.last_good:  # not already written at the end of the epoch
             self.save(number, 0 if epoch_complete else batches_done, partial=not epoch_complete)
         self.report.save("interrupted")

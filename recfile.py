@@ -332,6 +332,7 @@ def scan(rec_path: os.PathLike | str, idx_path: os.PathLike | str, *, num_classe
             add(i, "image", f"the record has {length[i]} bytes, fewer than its {IR_HEADER_SIZE}-byte header")
         single = good & ~short  # single-part records: IRHeader and signature come from the vectorized read
         _check_labels(single, flag, label, num_classes, add)
+        labelled = single.copy()  # records whose label was read: these, and the split ones read below
         empty = single & (length == IR_HEADER_SIZE)
         for i in np.flatnonzero(empty):
             add(i, "image", "the record holds no image bytes")
@@ -353,7 +354,7 @@ def scan(rec_path: os.PathLike | str, idx_path: os.PathLike | str, *, num_classe
                     continue
                 fl, lb, _, _ = _IR_HEADER.unpack_from(payload)
                 label[i] = lb
-                single[i] = True  # its label counts in the range below
+                labelled[i] = True
                 one = np.zeros(n, bool)
                 one[i] = True
                 _check_labels(one, np.full(n, fl, np.uint32), np.full(n, lb, np.float32), num_classes, add)
@@ -369,7 +370,7 @@ def scan(rec_path: os.PathLike | str, idx_path: os.PathLike | str, *, num_classe
                 if progress is not None and done % 4096 == 0:
                     progress(done)
         del buf
-    values = label[single]
+    values = label[labelled]
     if len(values):
         out.labels = (float(values.min()), float(values.max()))
     return out
