@@ -19,6 +19,7 @@ import errno
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import tempfile
@@ -29,6 +30,7 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 3  # the loss became NaN or infinite
 EXIT_DATA = 4  # a record of the data set cannot be read or decoded
 EXIT_OUTPUT = 5  # an output could not be written (no space left, permissions)
+EXIT_ABORTED = 6  # MLPerf mode: the epochs ran out before an evaluation reached --target-accuracy
 FP16_NEEDS_GPU = ("--dtype float16 needs a GPU (MXNet's CPU backend has no FP16 convolution or GEMM); "
                   "use --dtype float32 on CPU")
 BF16_NEEDS_CPU = ("--dtype bfloat16 is for CPU devices (MXNet 1.9 has no bfloat16 GPU kernels); use --dtype float16 "
@@ -154,6 +156,25 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
     return value
+
+
+def path_arg(text: str) -> Path:
+    """argparse type: a non-empty path."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def config_from(cls, ns: argparse.Namespace, **overrides):

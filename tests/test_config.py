@@ -103,7 +103,8 @@ def test_runner_adds_its_default_data_root_only_when_no_files_are_named(given, e
 
 @pytest.mark.parametrize("flags,message", [(["-l", "nan"], "argument -l/--lr: expected a finite number, got 'nan'"),
                                            (["-e", "0"], "-e 0: must be at least 1"),
-                                           (["-l", "-0.1"], "-l -0.1: the learning rate must be positive")])
+                                           (["-l", "-0.1"], "-l -0.1: the learning rate must be positive"),
+                                           (["--global-lr", "0"], "--global-lr 0: the learning rate must be positive")])
 def test_runner_flag_errors(flags, message, capsys):
     r = runner_module()
     with pytest.raises((SystemExit, UsageError)) as info:
@@ -111,6 +112,16 @@ def test_runner_flag_errors(flags, message, capsys):
         r.build_command(args, extra, gpus=0, cores=2)
     text = str(info.value) if isinstance(info.value, UsageError) else capsys.readouterr().err
     assert message in text
+
+
+@pytest.mark.parametrize("flags,lr", [(["-n", "2", "-b", "64"], 0.05),  # -l 0.1 per 256 images, 128 images
+                                      (["-n", "2", "-b", "64", "-l", "0.4"], 0.2),
+                                      (["-n", "2", "-b", "64", "-l", "0.4", "--global-lr", "10.5"], 10.5)])
+def test_runner_lr_scaled_or_given_for_the_global_batch(flags, lr):
+    r = runner_module()
+    args, extra = r.build_parser().parse_known_args(flags)
+    argv, _ = r.build_command(args, extra, gpus=0, cores=2)
+    assert float(argv[argv.index("--lr") + 1]) == pytest.approx(lr) and argv.count("--lr") == 1
 
 
 def test_help_shows_each_default_once():
