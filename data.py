@@ -35,7 +35,8 @@ import mxnet as mx
 import numpy as np
 
 import recfile
-from common import DataError, Parser, UsageError, available_cores, config_from, float_list, int_list, num_gpus, run_main
+from common import (DataError, Parser, UsageError, available_cores, config_from, float_list, int_list, num_gpus,
+                    path_arg, run_main)
 from datatypes import LABEL_NAME, RGB_MEAN, RGB_STD, DataConfig, DataIterBase
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,13 @@ IMAGENET_VAL_IMAGES = 50000
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g = parser.add_argument_group("Data", "input files, backend, shape and normalization")
-    g.add_argument("--data-root", type=Path, default=None,
+    g.add_argument("--data-root", type=path_arg, default=None,
                    help="folder with train.rec/.idx and val.rec/.idx (made by tools/prepare_dataset.py); fills in "
                         "whichever of --data-train/--data-train-idx/--data-val/--data-val-idx is not given")
-    g.add_argument("--data-train", type=Path, default=None, help="training .rec")
-    g.add_argument("--data-train-idx", type=Path, default=None, help="its .idx (default: the .rec with .idx)")
-    g.add_argument("--data-val", type=Path, default=None, help="validation .rec")
-    g.add_argument("--data-val-idx", type=Path, default=None, help="its .idx (default: the .rec with .idx)")
+    g.add_argument("--data-train", type=path_arg, default=None, help="training .rec")
+    g.add_argument("--data-train-idx", type=path_arg, default=None, help="its .idx (default: the .rec with .idx)")
+    g.add_argument("--data-val", type=path_arg, default=None, help="validation .rec")
+    g.add_argument("--data-val-idx", type=path_arg, default=None, help="its .idx (default: the .rec with .idx)")
     g.add_argument("--data-backend", choices=BACKENDS, default=None,
                    help="data pipeline (default: dali-gpu when MXNet sees a GPU, dali-cpu otherwise)")
     g.add_argument("--image-shape", type=int_list, default=(3, 224, 224),
@@ -384,6 +385,14 @@ def get_iters(cfg: DataConfig, contexts: Sequence, rank: int = 0, num_workers: i
     if max_batches is not None:  # a pass never wraps around the (smaller) validation set
         train = limit_batches(train, max_batches) if train is not None else None
         val = limit_batches(val, min(max_batches, val.batches_per_epoch)) if val is not None else None
+    # the images each pass goes over (all workers): MLPerf's train_samples and eval_samples
+    if cfg.data_backend == "synthetic":
+        counts = {"train": n_train, "val": n_val}
+    elif cfg.num_examples is not None and "train" in counts:
+        counts["train"] = min(counts["train"], cfg.num_examples)
+    for it, split in ((train, "train"), (val, "val")):
+        if it is not None:
+            it.num_samples = counts.get(split)
     return train, val
 
 

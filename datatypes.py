@@ -57,6 +57,14 @@ class DataConfig:
         return (c, h, w) if self.input_layout == "NCHW" else (h, w, c)
 
 
+def batch_descs(cfg: DataConfig, dtype: str | None = None) -> tuple[list, list]:
+    """``(provide_data, provide_label)`` of the batches ``cfg`` describes: what a module binds to, known before any
+    pipeline is built."""
+    data = mx.io.DataDesc("data", (cfg.batch_size,) + cfg.sample_shape, np.dtype(dtype or cfg.dtype),
+                          layout=cfg.input_layout)
+    return [data], [mx.io.DataDesc(LABEL_NAME, (cfg.batch_size,), np.float32, layout="N")]
+
+
 class DataIterBase(mx.io.DataIter):
     """Base of the toolkit's iterators: ``next()`` gives one ``DataBatch`` per device context.
 
@@ -67,9 +75,7 @@ class DataIterBase(mx.io.DataIter):
     def _describe(self, cfg: DataConfig, contexts, dtype: str) -> None:
         self.contexts = list(contexts)
         self.batch_size = cfg.batch_size
-        self.provide_data = [mx.io.DataDesc("data", (cfg.batch_size,) + cfg.sample_shape, np.dtype(dtype),
-                                            layout=cfg.input_layout)]
-        self.provide_label = [mx.io.DataDesc(LABEL_NAME, (cfg.batch_size,), np.float32, layout="N")]
+        self.provide_data, self.provide_label = batch_descs(cfg, dtype)
 
     def __next__(self):
         return self.next()

@@ -37,13 +37,17 @@ import mxnet as mx
 import numpy as np
 
 import checkpoint
-from common import EXIT_DIVERGED, DataError, StopFlag, UsageError, finite_float, float_list
+import optim
+from common import (EXIT_ABORTED, EXIT_DIVERGED, DataError, StopFlag, UsageError, finite_float, float_list,
+                    path_arg)
 
 log = logging.getLogger(__name__)
 
 LOSS_EPS = 1e-12  # as MXNet's CrossEntropy metric (NVIDIA's train.loss)
 AMP_INIT_SCALE = 2.0 ** 16  # MXNet AMP's LossScaler: initial scale, its ceiling, doubling period
 AMP_MAX_SCALE = 2.0 ** 24
+POLY_END_LR = 1e-4  # the poly schedule: MLPerf's closed-division end learning rate and power
+POLY_POWER = 2
 
 
 def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -58,8 +62,16 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--batch-size", type=int, default=256, help="global batch (all devices; the runner sets it)")
     g.add_argument("--num-epochs", type=int, default=90, help="epochs to train")
     g.add_argument("--lr", type=finite_float, default=0.1, help="learning rate for the global batch")
-    g.add_argument("--lr-schedule", choices=("multistep", "cosine"), default="multistep",
-                   help="multistep: x --lr-factor at each of --lr-step-epochs; cosine: from the end of warmup to 0")
+    g.add_argument("--optimizer", choices=("sgd", "lars"), default=None,
+                   help="sgd: SGD with momentum; lars: SGD with momentum and a per-layer trust ratio (MLPerf's "
+                        "closed-division LARS, optim.py) (default: lars with --mlperf, sgd without)")
+    g.add_argument("--lars-eta", type=finite_float, default=0.001, help="LARS trust coefficient")
+    g.add_argument("--lr-schedule", choices=("multistep", "cosine", "poly"), default=None,
+                   help="multistep: x --lr-factor at each of --lr-step-epochs; cosine: from the end of warmup to 0; "
+                        "poly: (1 - t)^2 from the end of warmup to 1e-4 at --lr-decay-epochs, MLPerf's "
+                        "(default: poly with --mlperf, multistep without)")
+    g.add_argument("--lr-decay-epochs", type=finite_float, default=None,
+                   help="poly: the epoch at which the decay reaches 1e-4 (default: --num-epochs)")
     g.add_argument("--lr-factor", type=finite_float, default=0.1, help="multistep decay factor")
     g.add_argument("--lr-step-epochs", type=float_list, default=(30.0, 60.0, 80.0),
                    help="multistep epochs, in increasing order")
@@ -77,7 +89,7 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                         "clean iterations (at most 2^24); meant for --dtype float16")
     g.add_argument("--amp-scale-window", type=int, default=2000,
                    help="with --amp: clean iterations before the loss scale is doubled")
-    g.add_argument("--model-prefix", type=Path, default=None,
+    g.add_argument("--model-prefix", type=path_arg, default=None,
                    help="checkpoint prefix: <prefix>-symbol.json, <prefix>-NNNN.params/.states/.json (none written "
                         "if unset)")
     g.add_argument("--save-period", type=int, default=1, help="checkpoint every N epochs (and at the last one)")
@@ -100,7 +112,7 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                         "random weights): top-1/top-5, img/s, per-batch latency percentiles")
     g.add_argument("--disp-batches", type=int, default=20, help="log a progress line every N iterations")
     g.add_argument("--seed", type=int, default=None, help="seed of MXNet, numpy, Python and the data pipelines")
-    g.add_argument("--report", type=Path, default=None, help="JSON report (see report.py)")
+    g.add_argument("--report", type=path_arg, default=None, help="JSON report (see report.py)")
     return g
 
 
@@ -113,6 +125,9 @@ class FitConfig:
     lr_factor: float = 0.1
     lr_step_epochs: tuple = (30.0, 60.0, 80.0)
     warmup_epochs: float = 5
+    optimizer: str = "sgd"
+    lars_eta: float = 0.001
+    lr_decay_epochs: float | None = None
     mom: float = 0.9
     wd: float = 1e-4
     label_smoothing: float = 0.0
@@ -146,6 +161,11 @@ class FitConfig:
             raise UsageError(f"--seed {self.seed}: must be below 2^31")
         if not self.lr > 0:
             raise UsageError(f"--lr {self.lr:g}: must be positive")
+        if not self.lars_eta > 0:
+            raise UsageError(f"--lars-eta {self.lars_eta:g}: must be positive")
+        if self.lr_decay_epochs is not None and not self.warmup_epochs < self.lr_decay_epochs:
+            raise UsageError(f"--lr-decay-epochs {self.lr_decay_epochs:g}: must be greater than --warmup-epochs "
+                             f"{self.warmup_epochs:g}")
         if self.warmup_epochs < 0:
             raise UsageError(f"--warmup-epochs {self.warmup_epochs:g}: must be at least 0")
         if not 0 < self.lr_factor <= 1:
@@ -175,6 +195,11 @@ class FitConfig:
             raise UsageError("--resume is for training; score a checkpoint with --load-epoch N")
 
     @property
+    def decay_epochs(self) -> float:
+        """``poly``: the epoch at which the learning rate has decayed to its end value."""
+        return self.num_epochs if self.lr_decay_epochs is None else self.lr_decay_epochs
+
+    @property
     def static_loss_scale(self) -> float:
         """The loss gradient's fixed factor in the symbol (``--amp`` scales it at run time instead)."""
         return 1.0 if self.amp or self.loss_scale is None else self.loss_scale
@@ -201,6 +226,9 @@ class Schedule(mx.lr_scheduler.LRScheduler):
     def lr_at(self, step: int) -> float:
         c = self.cfg
         e = step / self.iters_per_epoch
+        if c.lr_schedule == "poly":
+            return optim.poly_lr(step, c.lr, round(c.warmup_epochs * self.iters_per_epoch),
+                                 round(c.decay_epochs * self.iters_per_epoch), POLY_END_LR, POLY_POWER)
         if c.warmup_epochs > 0 and e < c.warmup_epochs:
             return c.lr * (step + 1) / (c.warmup_epochs * self.iters_per_epoch)
         if c.lr_schedule == "cosine":
@@ -427,22 +455,28 @@ def _progress(epoch: int, total: int | None, global_batch: int, cfg: FitConfig, 
 
 
 def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_devices: int) -> None:
-    """SGD with momentum, weight decay and fp32 master weights. Created by name, as NVIDIA's fit.py does, so that
-    MXNet knows the parameter names and, as its Optimizer does then, applies no weight decay to biases and batchnorm
-    betas (gradients are rescaled by 1/global batch by Module)."""
+    """SGD with momentum, weight decay and fp32 master weights, or LARS (``optim.py``) on top of it. Created by
+    name, as NVIDIA's fit.py does, so that MXNet knows the parameter names and, as its Optimizer does then, applies
+    no weight decay to biases and batchnorm betas (LARS: nor to batchnorm gammas). Gradients are rescaled by
+    1/global batch by Module."""
     kv = mx.kvstore.create(cfg.kv_store) if num_devices > 1 else None
     params = {"learning_rate": cfg.lr, "momentum": cfg.mom, "wd": cfg.wd, "multi_precision": True,
               "lr_scheduler": schedule}
+    name = "sgd"
+    if cfg.optimizer == "lars":
+        name = optim.LARS_NAME
+        params.update(eta=cfg.lars_eta, eps=0.0)
     if cfg.static_loss_scale != 1.0:  # the symbol's loss gradient is scaled: divide it out with the batch
         params["rescale_grad"] = 1.0 / (mod.data_shapes[0].shape[0] * cfg.static_loss_scale)
-    mod.init_optimizer(kvstore=kv, optimizer="sgd", optimizer_params=params)
+    mod.init_optimizer(kvstore=kv, optimizer=name, optimizer_params=params)
 
 
-def create_module(sym, contexts, data_it, for_training: bool) -> mx.mod.Module:
+def create_module(sym, contexts, shapes, for_training: bool) -> mx.mod.Module:
+    """A module bound to ``shapes``: ``(provide_data, provide_label)``."""
     fixed = [AMP_SCALE] if AMP_SCALE in sym.list_arguments() else None
     mod = mx.mod.Module(sym, context=list(contexts), data_names=["data"], label_names=["softmax_label"],
                         fixed_param_names=fixed)
-    mod.bind(data_shapes=data_it.provide_data, label_shapes=data_it.provide_label, for_training=for_training)
+    mod.bind(data_shapes=shapes[0], label_shapes=shapes[1], for_training=for_training)
     return mod
 
 
@@ -516,44 +550,95 @@ class Trainer:
         return 128 + stop.signum
 
 
-def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it, report, initializer,
-        stop: StopFlag, resume: checkpoint.Checkpoint | None = None, num_workers: int = 1) -> int:
-    """Train (or score, with ``only_inference``). Returns the process exit status; a ``DataError`` or
-    ``OutputError`` propagates after the checkpoint that could be written."""
+def warm_up(mod: mx.mod.Module) -> None:
+    """One training forward/backward and one scoring forward on zeros, before the clock starts (MLPerf mode):
+    operator set-up and memory allocation leave the timed run. The parameters and batchnorm statistics are put
+    back afterwards, so the run starts from the initialized weights."""
+    aux = [[a.copy() for a in per_param] for per_param in mod._exec_group.aux_arrays]
+    data = [mx.nd.zeros(d.shape, dtype=d.dtype) for d in mod.data_shapes]
+    label = [mx.nd.zeros(d.shape, dtype=d.dtype) for d in mod.label_shapes]
+    batch = mx.io.DataBatch(data, label)
+    mod.forward_backward(batch)  # no update: the weights stay; only the batchnorm statistics move
+    mx.nd.waitall()  # (MXNet 1.9.1's oneDNN path fails on a scoring pass queued right behind a training one)
+    mod.forward(batch, is_train=False)
+    for saved, live in zip(aux, mod._exec_group.aux_arrays):
+        for a, b in zip(saved, live):
+            a.copyto(b)
+    mx.nd.waitall()
+
+
+def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shapes, report, initializer,
+        stop: StopFlag, resume: checkpoint.Checkpoint | None = None, num_workers: int = 1, mlperf=None) -> int:
+    """Train (or score, with ``only_inference``). ``open_data()`` builds the (train, val) iterators, whose batches
+    ``shapes`` (``(provide_data, provide_label)``) describes. Returns the process exit status; a ``DataError`` or
+    ``OutputError`` propagates after the checkpoint that could be written.
+
+    ``mlperf`` (an ``mlperf.MLPerfRun``, MLPerf mode) is told the run's events: the module is bound, initialized
+    and warmed up before its clock starts (``init_done``), the data pipelines are built after; it decides which
+    epochs are evaluated and whether an evaluation reached the target, which ends the run."""
     global_batch = cfg.batch_size * num_workers
     if cfg.only_inference:
-        return score(cfg, sym, contexts, val_it, report, initializer, global_batch, stop, resume)
-    iters_per_epoch = train_it.batches_per_epoch
-    mod = create_module(add_loss_scaler(sym) if cfg.amp else sym, contexts, train_it, for_training=True)
+        return score(cfg, sym, contexts, open_data()[1], report, initializer, global_batch, stop, resume)
+    train_it = val_it = None
+    if mlperf is None:  # the inputs are checked before the model is built
+        train_it, val_it = open_data()
+        shapes = (train_it.provide_data, train_it.provide_label)
+    mod = create_module(add_loss_scaler(sym) if cfg.amp else sym, contexts, shapes, for_training=True)
     amp_arg = {AMP_SCALE: mx.nd.ones((1,))} if cfg.amp else {}  # its value is set by the scaler below
     if resume is not None:
-        load_weights(mod, sym, resume, train_it.provide_data[0].shape, amp_arg)
+        load_weights(mod, sym, resume, shapes[0][0].shape, amp_arg)
     else:
         mod.init_params(initializer, arg_params=amp_arg or None, allow_missing=cfg.amp)
-    schedule = Schedule(cfg, iters_per_epoch)
+    schedule = Schedule(cfg, train_it.batches_per_epoch if train_it is not None else 1)
     init_optimizer(mod, cfg, schedule, len(contexts))
     scaler = None
     if cfg.amp:
         start = resume.meta.get("loss_scale", cfg.initial_loss_scale) if resume else cfg.initial_loss_scale
         scaler = DynamicLossScaler(mod, start, cfg.amp_scale_window, mod.data_shapes[0].shape[0])
-    begin_epoch, skip = 0, 0
     run = Trainer(cfg, sym, mod, schedule, scaler, report, global_batch)
     if cfg.model_prefix is not None:
         stale = checkpoint.remove_stale_temporaries(cfg.model_prefix)
         if stale:
             log.warning("removed %d temporary file(s) of an interrupted save: %s", len(stale), ", ".join(stale))
+    if mlperf is not None:
+        warm_up(mod)
+        mlperf.init_done()  # the clock starts: everything from here touches the data
+        try:
+            train_it, val_it = open_data()
+        except BaseException:
+            mlperf.run_stop("aborted")
+            raise
+        schedule.iters_per_epoch = train_it.batches_per_epoch
+        mlperf.data_ready(train_it.num_samples, val_it.num_samples)
+    begin_epoch, skip = 0, 0
     if resume is not None:
         if "states" in resume.meta.get("files", {}):
             checkpoint.states_loader(resume.files["states"])(mod)
         else:
             log.warning("%s has no optimizer state: momentum starts from zero", resume.name)
         begin_epoch, skip = (resume.epoch - 1, resume.meta.get("batch", 0)) if resume.partial else (resume.epoch, 0)
-        schedule.step = resume.meta.get("step", begin_epoch * iters_per_epoch + skip)
+        schedule.step = resume.meta.get("step", begin_epoch * schedule.iters_per_epoch + skip)
         run.last_good = None if resume.partial else resume.name
         log.info("resuming from %s: epoch %d, iteration %d", resume.name, begin_epoch, skip)
+    try:
+        return _loop(run, cfg, train_it, val_it, stop, begin_epoch, skip, mlperf)
+    finally:
+        if mlperf is not None and mlperf.status is None:  # a signal, a bad record, an unwritable output
+            mlperf.run_stop("aborted")
+            report.set_mlperf(mlperf.summary())
+            report.save()
+
+
+def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_epoch: int, skip: int,
+          mlperf) -> int:
+    """The epochs of ``fit``."""
+    mod, schedule, scaler, report, global_batch = run.mod, run.schedule, run.scaler, run.report, run.global_batch
+    iters_per_epoch = schedule.iters_per_epoch
     for epoch in range(begin_epoch, cfg.num_epochs):
         meter = Meter(not cfg.no_metrics)
         skipped_before = scaler.skipped if scaler else 0
+        if mlperf is not None:
+            mlperf.epoch_start(epoch)
         try:
             state = run_epoch(mod, train_it, meter, True, stop, schedule,
                               _progress(epoch, iters_per_epoch, global_batch, cfg, schedule, meter), skip, scaler)
@@ -568,6 +653,9 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it
         train_stats = run.train_stats(meter, skipped_before)
         if state == "diverged":
             report.add_epoch(epoch, train=train_stats)
+            if mlperf is not None:
+                mlperf.run_stop("aborted")
+                report.set_mlperf(mlperf.summary())
             report.save("diverged")
             log.error("the loss became NaN or infinite in epoch %d at iteration %d; stopped without saving "
                       "(last good checkpoint: %s). Lower --lr or check the data.", epoch, batches_done,
@@ -576,10 +664,15 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it
         if state == "stopped":
             report.add_epoch(epoch, train=train_stats)
             return run.interrupted(stop, epoch, batches_done, epoch_complete=False)
-        val_stats, val_state = None, "done"
-        if val_it is not None and not cfg.no_val:
+        if mlperf is not None:
+            mlperf.epoch_stop(epoch)
+        evaluate = val_it is not None and not cfg.no_val and (mlperf is None or mlperf.evaluates(epoch))
+        val_stats, val_state, reached = None, "done", False
+        if evaluate:
             log.info("Epoch[%d] validation: %d batches", epoch, val_it.batches_per_epoch)
             vmeter = Meter(not cfg.no_metrics)
+            if mlperf is not None:
+                mlperf.eval_start(epoch)
             try:
                 val_state = run_epoch(mod, val_it, vmeter, False, stop)
             except DataError:
@@ -589,16 +682,34 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, train_it, val_it
             if val_state == "done":
                 val_it.reset()
                 val_stats = vmeter.summary(global_batch, latencies=True)
+                if mlperf is not None:
+                    reached = mlperf.eval_stop(epoch, vmeter.top1 / max(vmeter.n, 1))
         report.add_epoch(epoch, train=train_stats, val=val_stats)
         _log_epoch(epoch, train_stats, val_stats)
         if val_state == "stopped":  # the epoch is trained: its checkpoint is a complete one
             return run.interrupted(stop, epoch, batches_done, epoch_complete=True)
+        if reached:
+            mlperf.run_stop("success")  # the clock stops before the checkpoint is written
+            report.set_mlperf(mlperf.summary())
+            run.save(epoch + 1, 0, partial=False)
+            report.save("completed")
+            return 0
         done = epoch + 1
         if done % cfg.save_period == 0 or done == cfg.num_epochs:
             run.save(done, 0, partial=False)
+        if mlperf is not None:
+            report.set_mlperf(mlperf.summary())
         report.save()
         if stop.signum is not None:  # the signal came while saving (or validation was off)
             return run.interrupted(stop, epoch, batches_done, epoch_complete=True)
+    if mlperf is not None:
+        mlperf.run_stop("aborted")
+        report.set_mlperf(mlperf.summary())
+        report.save("aborted")
+        best = "no evaluation" if mlperf.best is None else f"best top-1 {mlperf.best:.4f}"
+        log.error("MLPerf: the %d epochs ran out before an evaluation reached the target %g (%s); run_stop status "
+                  "aborted", cfg.num_epochs, mlperf.cfg.target, best)
+        return EXIT_ABORTED
     report.save("completed")
     return 0
 
@@ -621,7 +732,7 @@ def score(cfg: FitConfig, sym, contexts, val_it, report, initializer, global_bat
     """``--only-inference``: --num-epochs passes over the val set with a checkpoint's (or random) weights."""
     if val_it is None:
         raise UsageError("--only-inference needs validation data: --data-val or --data-root with val.rec")
-    mod = create_module(sym, contexts, val_it, for_training=False)
+    mod = create_module(sym, contexts, (val_it.provide_data, val_it.provide_label), for_training=False)
     if ckpt is not None:
         load_weights(mod, sym, ckpt, val_it.provide_data[0].shape)
     else:

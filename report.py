@@ -10,8 +10,9 @@ Top level
     ``cmd``             list   the command line (``sys.argv``)
     ``metrics``         dict   per-epoch lists, one entry per epoch (or per scoring pass with ``--only-inference``)
     ``schema``          str    ``"rn50-report/1"``: the version of this layout
-    ``status``          str    ``running`` | ``completed`` | ``interrupted`` (SIGINT/SIGTERM) | ``diverged`` (NaN/inf)
-                               | ``failed`` (a record that does not decode, an output that cannot be written)
+    ``status``          str    ``running`` | ``completed`` (MLPerf mode: the target was reached) | ``interrupted``
+                               (SIGINT/SIGTERM) | ``diverged`` (NaN/inf) | ``failed`` (a record that does not decode,
+                               an output that cannot be written) | ``aborted`` (MLPerf mode: the epochs ran out first)
     ``error``           str    with ``failed``: the one-line reason the run printed
     ``device``          dict   ``{"type": "cpu"|"gpu", "count": n, "names": [...]}``
     ``dtype``           str    compute dtype: ``float32`` | ``float16`` | ``bfloat16``
@@ -20,6 +21,12 @@ Top level
     ``versions``        dict   python, mxnet and (when used) DALI versions
     ``epochs``          list   the epoch number (0-based) of each entry of the per-epoch lists
     ``checkpoints``     list   checkpoint prefixes and epochs written, ``{"prefix", "epoch", "partial"}``
+    ``mlperf``          dict   MLPerf mode only: ``status`` (run_stop's: ``success`` | ``aborted``),
+                               ``target_accuracy``, ``target_epoch`` (MLPerf's epoch number, from 1, of the
+                               evaluation that reached it), ``time_to_target_s`` (run_start to run_stop, seconds,
+                               on success), ``run_minutes``, ``init_start``/``run_start``/``run_stop`` (Unix
+                               seconds), ``evals`` (``[{"epoch", "top1"}]``, top-1 as a fraction), ``best_accuracy``,
+                               ``eval_period``, ``eval_offset``, ``division``, ``seed``
 
 Metrics (lists; the first five keys of each split are NVIDIA's)
     ``train.top1``, ``train.top5``  percent, over the whole epoch (absent with ``--no-metrics``)
@@ -55,7 +62,7 @@ TRAIN_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters",
               "amp_skipped")
 VAL_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters", "warmup_iters", "latency_ms_avg",
             "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_p100")
-STATUSES = ("running", "completed", "interrupted", "diverged", "failed")
+STATUSES = ("running", "completed", "interrupted", "diverged", "failed", "aborted")
 
 
 class Report:
@@ -89,6 +96,10 @@ class Report:
 
     def add_checkpoint(self, prefix: str, epoch: int, partial: bool) -> None:
         self.data["checkpoints"].append({"prefix": prefix, "epoch": epoch, "partial": partial})
+
+    def set_mlperf(self, summary: dict) -> None:
+        """MLPerf mode: the run's clock, target and status (``mlperf.MLPerfRun.summary``)."""
+        self.data["mlperf"] = summary
 
     def save(self, status: str | None = None, error: str | None = None) -> None:
         """Write the report (atomically); a full disk raises ``common.OutputError``."""

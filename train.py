@@ -50,10 +50,12 @@ import dali  # noqa: E402
 import data  # noqa: E402
 import fit  # noqa: E402
 import memory  # noqa: E402
+import mlperf  # noqa: E402
 import resnet  # noqa: E402
 from common import (BF16_NEEDS_CPU, FP16_NEEDS_GPU, DataError, OutputError, Parser, StopFlag,  # noqa: E402
-                    Stopped, UsageError, available_cores, check_bf16_cpu, check_writable, config_from, enable_amx,
-                    num_gpus, run_main)
+                    Stopped, UsageError, available_cores, check_bf16_cpu, check_writable, config_from, cpu_model,
+                    enable_amx, num_gpus, run_main)
+from datatypes import batch_descs  # noqa: E402
 from report import Report  # noqa: E402
 
 log = logging.getLogger("train")
@@ -65,6 +67,7 @@ def build_parser() -> Parser:
     resnet.add_model_args(p)
     data.add_data_args(p)
     dali.add_dali_args(p)
+    mlperf.add_mlperf_args(p)
     return p
 
 
@@ -137,17 +140,25 @@ def main(argv=None) -> int:
 
 
 def run(args, stop: StopFlag) -> int:
+    mlcfg = config_from(mlperf.MLPerfConfig, args)
     contexts = resolve_contexts(args.gpus, args.cpu_devices)
     device_type = contexts[0].device_type
     check_precision(args.dtype, args.batch_size, contexts)
+    if mlcfg.mlperf and args.seed is None:  # MLPerf logs one seed per run, a different one in every run
+        args.seed = int.from_bytes(os.urandom(4), "little") % (2 ** 31 - 1) + 1
     mcfg = config_from(resnet.ModelConfig, args)
     model = {"num_layers": mcfg.num_layers, "resnet_version": mcfg.resnet_version, "num_classes": args.num_classes,
              "image_channels": args.image_shape[0] if args.image_shape else None, "dtype": args.dtype}
-    fcfg = config_from(fit.FitConfig, args, model=model)
+    fcfg = config_from(fit.FitConfig, args, model=model,
+                       optimizer=args.optimizer or ("lars" if mlcfg.mlperf else "sgd"),
+                       lr_schedule=args.lr_schedule or ("poly" if mlcfg.mlperf else "multistep"))
     dcfg = data.resolve(config_from(data.DataConfig, args, batch_size=args.batch_size, dtype=args.dtype,
                                     seed=args.seed, dali=config_from(dali.DaliConfig, args)),
                         have_gpu=device_type == "gpu")
+    recipe = check_mlperf(mlcfg, fcfg, dcfg, args) if mlcfg.mlperf else None
     check_outputs(fcfg, args.report)
+    if mlcfg.mlperf_log is not None:
+        check_writable(mlcfg.mlperf_log, "--mlperf-log")
     resume = None
     if fcfg.only_inference and fcfg.load_epoch is not None:
         resume = checkpoint.for_scoring(fcfg.model_prefix, fcfg.load_epoch, model)
@@ -158,17 +169,66 @@ def run(args, stop: StopFlag) -> int:
     report = Report(args.report, num_layers=mcfg.num_layers, device_type=device_type,
                     device_names=[str(c) for c in contexts], dtype=args.dtype, global_batch_size=args.batch_size,
                     config=jsonable(args))
+    ml = None
+    if recipe is not None:  # the clock's init_start: from here on every exit writes run_stop or no log at all
+        ml = mlperf.MLPerfRun(mlcfg, args.seed, f"{len(contexts)}x{device_label(device_type)}")
+        ml.begin()
+        ml.hyperparameters(recipe)
     try:
-        return _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args)
+        return _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml)
     except (DataError, OutputError) as err:
         try:
             report.save("failed", str(err))
         except OutputError:
             log.warning("the report could not be updated either (%s)", args.report)
         raise
+    finally:
+        if ml is not None:
+            ml.close()
 
 
-def _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args) -> int:
+def device_label(device_type: str) -> str:
+    """What the MLPerf log's submission_platform names: the GPU (nvidia-smi) or the CPU model."""
+    if device_type == "gpu":
+        import subprocess
+
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=30).stdout.strip()
+            return out.splitlines()[0].strip() if out else "GPU"
+        except (OSError, subprocess.TimeoutExpired):
+            return "GPU"
+    return cpu_model()
+
+
+def check_mlperf(mlcfg, fcfg, dcfg, args) -> "mlperf.Recipe":
+    """What MLPerf mode cannot run with (whatever the division), then the closed division's rules."""
+    if dcfg.data_backend == "synthetic" or dcfg.data_val is None:
+        raise UsageError("--mlperf needs the validation set (a run ends when an evaluation reaches the target): "
+                         "give --data-root with val.rec, or --data-val, and a RecordIO --data-backend")
+    for flag, on in (("--no-val", fcfg.no_val), ("--benchmark-iters", fcfg.benchmark_iters is not None),
+                     ("--num-val-examples", dcfg.num_val_examples is not None), ("--no-metrics", fcfg.no_metrics),
+                     ("--only-inference", fcfg.only_inference)):
+        if on:
+            raise UsageError(f"{flag} cannot be used with --mlperf: every evaluation scores the whole val set")
+    for flag, on in (("--resume", fcfg.resume), ("--load-epoch", fcfg.load_epoch is not None)):
+        if on:
+            raise UsageError(f"{flag} cannot be used with --mlperf: MLPerf's clock may not be paused, so a run "
+                             "starts from initialized weights")
+    recipe = mlperf.Recipe(optimizer=fcfg.optimizer, lr=fcfg.lr, lr_schedule=fcfg.lr_schedule,
+                           warmup_epochs=fcfg.warmup_epochs, decay_epochs=fcfg.decay_epochs, wd=fcfg.wd,
+                           mom=fcfg.mom, label_smoothing=fcfg.label_smoothing, global_batch=fcfg.batch_size,
+                           num_classes=dcfg.num_classes, num_epochs=fcfg.num_epochs, lars_eta=fcfg.lars_eta,
+                           all_training_data=dcfg.num_examples is None)
+    mlperf.check_rules(mlcfg, recipe)
+    if not any(mlcfg.evaluates(e) for e in range(fcfg.num_epochs)):
+        raise UsageError(f"--num-epochs {fcfg.num_epochs}: no epoch is evaluated with --eval-period "
+                         f"{mlcfg.eval_period} --eval-offset {mlcfg.eval_offset}; the run could never reach its "
+                         "target")
+    return recipe
+
+
+def _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml=None) -> int:
     seed_everything(fcfg.seed)
     device_type = contexts[0].device_type
     want_train = not fcfg.only_inference
@@ -176,23 +236,30 @@ def _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args) -> int:
                        input_dtype=dcfg.dtype, input_layout=dcfg.input_layout, label_smoothing=fcfg.label_smoothing,
                        device_type=device_type, for_training=want_train, loss_scale=fcfg.static_loss_scale)
     check_memory(sym, dcfg, fcfg, args.dtype, contexts)
-    try:
+
+    def open_data():
         train_it, val_it = data.get_iters(dcfg, contexts, want_train=want_train,
                                           want_val=fcfg.only_inference or not fcfg.no_val,
                                           max_batches=fcfg.benchmark_iters, progress=stop.check)
         stop.check()  # a signal while the inputs were checked and the pipelines built
+        if want_train and train_it is None:
+            raise UsageError("training needs a training set: --data-root with train.rec, or --data-train")
+        return train_it, val_it
+
+    for note in resnet.fusion_notes(mcfg, device_type):
+        log.warning(note)
+    log.info("%s ResNet-%d v%s on %s, global batch %d, %s, backend %s%s", "scoring" if fcfg.only_inference else
+             "training", mcfg.num_layers, mcfg.resnet_version, ",".join(map(str, contexts)), fcfg.batch_size,
+             args.dtype, dcfg.data_backend, f", {fcfg.optimizer}, {fcfg.lr_schedule} schedule" if want_train else "")
+    try:
+        return fit.fit(fcfg, sym, contexts, open_data, batch_descs(dcfg), report, resnet.initializer(), stop,
+                       resume, mlperf=ml)
     except Stopped:
+        if ml is not None:
+            report.set_mlperf(ml.summary())
         report.save("interrupted")
         log.error("%s: stopped before the first iteration; nothing was trained or written", stop.name)
         return 128 + stop.signum
-    if want_train and train_it is None:
-        raise UsageError("training needs a training set: --data-root with train.rec, or --data-train")
-    for note in resnet.fusion_notes(mcfg, device_type):
-        log.warning(note)
-    log.info("%s ResNet-%d v%s on %s, global batch %d, %s, backend %s", "scoring" if fcfg.only_inference else
-             "training", mcfg.num_layers, mcfg.resnet_version, ",".join(map(str, contexts)), fcfg.batch_size,
-             args.dtype, dcfg.data_backend)
-    return fit.fit(fcfg, sym, contexts, train_it, val_it, report, resnet.initializer(), stop, resume)
 
 
 def check_memory(sym, dcfg, fcfg, dtype: str, contexts) -> None:

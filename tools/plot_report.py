@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Plot a training report (``--report`` JSON, see report.py) as PNG curves: loss, top-1/top-5, throughput per epoch.
+An MLPerf-mode report (``train.py --mlperf``) adds its quality target, and the epoch that reached it, to the top-1 panel.
 
     python tools/plot_report.py runs/demo/report.json -o runs/demo/curves.png
 """
@@ -16,6 +17,16 @@ from common import Parser, UsageError, atomic_path, run_main  # noqa: E402
 
 
 def plot(report: dict, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def figure(report: dict):
+    """The report's curves as a matplotlib figure (panels: loss, accuracy, throughput)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,14 +57,20 @@ def plot(report: dict, out: Path) -> None:
             ax.legend()
     if m.get("train.loss"):
         axes[0].set_yscale("log")
+    mlperf = report.get("mlperf")
+    if mlperf and mlperf.get("target_accuracy") is not None:  # MLPerf mode: the quality target, and where it was hit
+        target = 100 * mlperf["target_accuracy"]
+        axes[1].axhline(target, color="tab:red", linewidth=1, label=f"MLPerf target {target:g}%")
+        if mlperf.get("target_epoch") is not None:
+            axes[1].axvline(mlperf["target_epoch"], color="tab:red", linestyle=":", linewidth=1,
+                            label=f"reached at epoch {mlperf['target_epoch']}")
+        axes[1].legend()
     device = report.get("device", {})
     fig.suptitle(f"{report.get('model', '?')} {report.get('dtype', '')}, {device.get('count', '?')} "
                  f"{device.get('type', '')} device(s), global batch {report.get('global_batch_size', '?')} "
                  f"({report.get('status', '?')})")
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def build_parser() -> Parser:
@@ -87,6 +104,16 @@ def summary(report: dict, report_path: Path, png: Path) -> str:
                      f"top-5 {m['val.top5'][-1]:.2f}%")
     if m.get("train.total_ips"):
         lines.append(f"training: {m['train.total_ips'][-1]:.1f} img/s in the last epoch")
+    mlperf = report.get("mlperf")
+    if mlperf:
+        target = f"target {100 * mlperf['target_accuracy']:g}%"
+        if mlperf.get("status") == "success":
+            lines.append(f"MLPerf: {target} reached at epoch {mlperf['target_epoch']}, "
+                         f"{mlperf['time_to_target_s'] / 60:.2f} min from run_start")
+        else:
+            best = mlperf.get("best_accuracy")
+            lines.append(f"MLPerf: {mlperf.get('status', 'not ended')}, {target} not reached"
+                         + (f" (best {100 * best:.2f}%)" if best is not None else ""))
     lines.append(f"report: {report_path}")
     ckpts = report.get("checkpoints", [])
     if ckpts:
