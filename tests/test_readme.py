@@ -14,8 +14,9 @@ DOCS = {p.name: p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
 MANUAL = "\n".join([README, *DOCS.values()])  # the README and docs/: both are checked
 COMMANDS = [line.strip() for text in (README, *DOCS.values()) for block in re.findall(r"```bash\n(.*?)```", text, re.S)
             for line in block.splitlines() if line.strip() and not line.startswith("#")]
-# Flags of other programs the README mentions by name (im2rec.py's, NVIDIA's --test-io, docker's).
-EXTERNAL_FLAGS = {"--list", "--recursive", "--pass-through", "--test-io", "--rm", "--ipc", "--build-arg"}
+# Flags of other programs the README mentions by name (im2rec.py's, NVIDIA's --test-io, docker's, the MLPerf
+# compliance checker's --usage).
+EXTERNAL_FLAGS = {"--list", "--recursive", "--pass-through", "--test-io", "--rm", "--ipc", "--build-arg", "--usage"}
 
 
 def runner_parser():
@@ -33,14 +34,15 @@ def all_parser_flags() -> set[str]:
     import data
     import train
     import benchmark
-    from tools import (bench_data, bench_infer, bench_memory, bench_train, check_rec, make_demo_data, plot_report,
-                       prepare_dataset)
+    from tools import (bench_data, bench_infer, bench_memory, bench_optim, bench_train, check_rec, make_demo_data,
+                       mlperf_score, plot_report, prepare_dataset)
 
     flags = set()
     for parser in (data.build_parser(), prepare_dataset.build_parser(), make_demo_data.build_parser(),
                    bench_data.build_parser(), bench_train.build_parser(), plot_report.build_parser(),
                    benchmark.build_parser(), bench_infer.build_parser(), check_rec.build_parser(),
-                   bench_memory.build_parser(), train.build_parser(), runner_parser()):
+                   bench_memory.build_parser(), train.build_parser(), runner_parser(), mlperf_score.build_parser(),
+                   bench_optim.build_parser()):
         for action in parser._actions:
             flags.update(s for s in action.option_strings if s.startswith("--"))
     return flags
@@ -114,13 +116,13 @@ def _make_bench_data(cmd, ctx):
 
 
 def _make_bench(cmd, ctx):
-    """`make bench` is the three benchmarks in a row; each runs for real under its own README command below, so
-    here make's dry run shows the three tools called with the arguments given."""
+    """`make bench` is the four benchmarks in a row; each runs for real under its own README command, so here
+    make's dry run shows the four tools called with the arguments given."""
     res = run(shlex.split(cmd) + ["-n", "BENCH_TRAIN_ARGS=--repeats 1", "BENCH_INFER_ARGS=-b 1",
-                                  "BENCH_DATA_ARGS=--images 8"], check=True)
+                                  "BENCH_DATA_ARGS=--images 8", "BENCH_OPTIM_ARGS=--rounds 1"], check=True)
     calls = [ln for ln in res.stdout.splitlines() if "tools/bench_" in ln]
     assert [c.split("tools/")[1] for c in calls] == ["bench_train.py --repeats 1", "bench_infer.py -b 1",
-                                                     "bench_data.py --images 8"], res.stdout
+                                                     "bench_data.py --images 8", "bench_optim.py --rounds 1"], res.stdout
 
 
 def _make_bench_infer(cmd, ctx):
@@ -135,6 +137,40 @@ def _make_bench_train(cmd, ctx):
     out = ctx["tmp"] / "train.json"
     res = run(shlex.split(cmd) + [f"BENCH_TRAIN_ARGS=--repeats 1 -i 2 --image-size 32 -b 4 -o {out}"], check=True)
     assert "| runner -n 2 (2 CPU devices) |" in res.stdout
+
+
+def _make_bench_optim(cmd, ctx):
+    out = ctx["tmp"] / "optim.json"
+    res = run(shlex.split(cmd) + [f"BENCH_OPTIM_ARGS=--image-size 32 -b 4 --update-iters 2 --step-iters 1 --rounds 1 "
+                                  f"-o {out}"], check=True, timeout=900)
+    assert "| sgd | " in res.stdout and "| lars host | " in res.stdout and out.is_file()
+
+
+MLPERF = {}
+
+
+def _make_mlperf_demo(cmd, ctx):
+    """The whole procedure (5 runs, the checker, the score) with runs cut to one short epoch and a target any model
+    reaches (later flags win); the recipe's convergence is what `make mlperf-demo` itself shows."""
+    out = ctx["tmp_factory"].mktemp("mlperf_demo")
+    res = run(shlex.split(cmd) + [f"DEMO={ctx['demo_root']}", f"MLPERF_OUT={out}",
+                                  "MLPERF_ARGS=--num-layers 18 -e 1 --num-examples 64 --target-accuracy 0.01"],
+              check=True, timeout=900)
+    results = out / "results" / "1xCPU" / "resnet"
+    assert sorted(p.name for p in results.iterdir()) == [f"result_{i}.txt" for i in range(5)]
+    rows = [ln.split() for ln in res.stdout.splitlines() if re.match(r"result_\d\.txt ", ln)]
+    assert [(r[3], r[4]) for r in rows] == [("success", "PASS")] * 5 and "result: valid" in res.stdout, res.stdout
+    assert json.loads((out / "score.json").read_text())["valid"] is True
+    MLPERF["results"] = results
+
+
+def _mlperf_score(cmd, ctx):
+    results = MLPERF.get("results")
+    assert results is not None, "the README's make mlperf-demo comes before the scoring command"
+    out = results.parents[2]
+    res = run(shlex.split(cmd.replace("python", PY, 1).replace("runs/mlperf-demo", str(out))), check=True)
+    score = json.loads((out / "score.json").read_text())
+    assert len(score["runs"]) == 5 and score["score_minutes"] > 0 and "result: valid" in res.stdout
 
 
 def _benchmark(cmd, ctx):
@@ -243,6 +279,9 @@ HANDLERS = {
     "make bench": _make_bench,
     "make bench-infer": _make_bench_infer,
     "make bench-train": _make_bench_train,
+    "make bench-optim": _make_bench_optim,
+    "make mlperf-demo": _make_mlperf_demo,
+    "python tools/mlperf_score.py": _mlperf_score,
     "python benchmark.py": _benchmark,
     "examples/": _example,
     "./runner": _runner,
