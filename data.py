@@ -218,17 +218,23 @@ def split_pad(pad: int, batch: int, parts: int) -> list[int]:
 
 
 class _SyntheticIter(DataIterBase):
-    """One random batch per device, made once, returned ``batches`` times per epoch."""
+    """One random batch per device, made once, returned ``batches`` times per epoch.
 
-    def __init__(self, cfg: DataConfig, contexts, batches: int, seed: int | None):
+    Image ``j`` of the global batch (all workers' devices in rank order) is drawn from its own generator, seeded
+    with ``(seed, j)``: the global batch is the same however it is split over devices and workers."""
+
+    def __init__(self, cfg: DataConfig, contexts, batches: int, seed: int | None, rank: int = 0):
         self._describe(cfg, contexts, cfg.dtype)
-        rng = np.random.default_rng(seed)
+        seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2 ** 63)
         per = cfg.batch_size // len(self.contexts)
         self._batches = []
-        for ctx in self.contexts:
-            data = mx.nd.array(rng.uniform(-1, 1, (per,) + cfg.sample_shape), ctx=ctx, dtype=cfg.dtype)
-            label = mx.nd.array(rng.integers(0, cfg.num_classes, per), ctx=ctx, dtype="float32")
-            self._batches.append(mx.io.DataBatch(data=[data], label=[label], pad=0))
+        for d, ctx in enumerate(self.contexts):
+            first = (rank * len(self.contexts) + d) * per
+            gens = [np.random.default_rng((seed, j)) for j in range(first, first + per)]
+            data = np.stack([g.uniform(-1, 1, cfg.sample_shape) for g in gens])
+            label = np.array([g.integers(0, cfg.num_classes) for g in gens])
+            self._batches.append(mx.io.DataBatch(data=[mx.nd.array(data, ctx=ctx, dtype=cfg.dtype)],
+                                                 label=[mx.nd.array(label, ctx=ctx, dtype="float32")], pad=0))
         self.batches_per_epoch = batches
         self._i = 0
 
@@ -361,10 +367,10 @@ def get_iters(cfg: DataConfig, contexts: Sequence, rank: int = 0, num_workers: i
     if cfg.data_backend == "synthetic":
         n_train = cfg.num_examples or IMAGENET_TRAIN_IMAGES
         n_val = cfg.num_val_examples or round(n_train * IMAGENET_VAL_IMAGES / IMAGENET_TRAIN_IMAGES)
-        train = _SyntheticIter(cfg, contexts, max(1, n_train // num_workers // cfg.batch_size), cfg.seed) \
+        train = _SyntheticIter(cfg, contexts, max(1, n_train // num_workers // cfg.batch_size), cfg.seed, rank) \
             if want_train else None
         val = _SyntheticIter(cfg, contexts, max(1, math.ceil(n_val / num_workers / cfg.batch_size)),
-                             None if cfg.seed is None else cfg.seed + 1) if want_val else None
+                             None if cfg.seed is None else cfg.seed + 1, rank) if want_val else None
     else:
         counts = check_record_files(cfg, want_train, want_val, progress)
         want_val = want_val and cfg.data_val is not None

@@ -55,7 +55,8 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1,2,3 (the runner sets this from -n)")
     g.add_argument("--cpu-devices", type=int, default=None,
                    help="number of CPU devices (contexts) when there is no GPU (the runner sets this from -n)")
-    g.add_argument("--kv-store", choices=("device", "local"), default="device", help="gradient aggregation")
+    g.add_argument("--kv-store", choices=("device", "local", "dist_sync", "dist_device_sync"), default="device",
+                   help="gradient aggregation (dist_*: set by ./runner --workers, one job of several processes)")
     g.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="compute dtype: float16 on GPUs; bfloat16 on CPUs with AVX512_BF16/AMX (fp32 master weights, "
                         "batchnorm statistics and loss)")
@@ -454,12 +455,14 @@ def _progress(epoch: int, total: int | None, global_batch: int, cfg: FitConfig, 
     return on_iter
 
 
-def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_devices: int) -> None:
+def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_devices: int, kv=None) -> None:
     """SGD with momentum, weight decay and fp32 master weights, or LARS (``optim.py``) on top of it. Created by
     name, as NVIDIA's fit.py does, so that MXNet knows the parameter names and, as its Optimizer does then, applies
     no weight decay to biases and batchnorm betas (LARS: nor to batchnorm gammas). Gradients are rescaled by
-    1/global batch by Module."""
-    kv = mx.kvstore.create(cfg.kv_store) if num_devices > 1 else None
+    1/global batch by Module. ``kv``: a distributed job's kvstore (``dist.py``)."""
+    workers = kv.num_workers if kv is not None else 1
+    if kv is None and num_devices > 1:
+        kv = mx.kvstore.create(cfg.kv_store)
     params = {"learning_rate": cfg.lr, "momentum": cfg.mom, "wd": cfg.wd, "multi_precision": True,
               "lr_scheduler": schedule}
     name = "sgd"
@@ -467,7 +470,7 @@ def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_d
         name = optim.LARS_NAME
         params.update(eta=cfg.lars_eta, eps=0.0)
     if cfg.static_loss_scale != 1.0:  # the symbol's loss gradient is scaled: divide it out with the batch
-        params["rescale_grad"] = 1.0 / (mod.data_shapes[0].shape[0] * cfg.static_loss_scale)
+        params["rescale_grad"] = 1.0 / (mod.data_shapes[0].shape[0] * workers * cfg.static_loss_scale)
     mod.init_optimizer(kvstore=kv, optimizer=name, optimizer_params=params)
 
 
@@ -496,19 +499,22 @@ class Trainer:
     """One training run's state between epochs: the module, the schedule, the loss scaler, the report, and the
     checkpoints it writes (``save``) and where it stops (``interrupted``)."""
 
-    def __init__(self, cfg: FitConfig, sym, mod, schedule: Schedule, scaler, report, global_batch: int):
+    def __init__(self, cfg: FitConfig, sym, mod, schedule: Schedule, scaler, report, global_batch: int,
+                 writer: bool = True):
         self.cfg, self.sym, self.mod, self.schedule, self.scaler = cfg, sym, mod, schedule, scaler
         self.report, self.global_batch = report, global_batch
+        self.writer = writer  # writes the checkpoints (in a distributed job, rank 0 only)
         self.last_good: str | None = None  # the newest complete checkpoint of this run
 
-    def save(self, number: int, batch: int, partial: bool) -> None:
+    def save(self, number: int, batch: int, partial: bool, aux: dict | None = None) -> None:
         """Checkpoint ``number`` (epochs done, or for a partial one the epoch it stopped in, after ``batch``
         iterations); with ``--save-keep``, older complete ones are removed once this one is complete."""
         cfg = self.cfg
-        if cfg.model_prefix is None:
+        if cfg.model_prefix is None or not self.writer:
             return
         log.info("writing checkpoint %s", checkpoint.name(cfg.model_prefix, number, partial))
-        arg, aux = self.mod.get_params()
+        arg, own_aux = self.mod.get_params()
+        aux = own_aux if aux is None else aux  # a distributed job's: averaged over the workers
         blob = {f"arg:{k}": v for k, v in arg.items() if k != AMP_SCALE}
         blob.update({f"aux:{k}": v for k, v in aux.items()})
         meta = {"batch": batch, "step": self.schedule.step}
@@ -536,6 +542,9 @@ class Trainer:
         """Checkpoint where the signal stopped the run, write the report, say how to resume; the exit status."""
         cfg = self.cfg
         where = f"after epoch {epoch}" if epoch_complete else f"in epoch {epoch} after {batches_done} iterations"
+        if not self.writer:
+            log.error("%s: stopped %s", stop.name, where)
+            return 128 + stop.signum
         if cfg.model_prefix is None:
             self.report.save("interrupted")
             log.error("%s: stopped %s; no --model-prefix, so no checkpoint to resume from", stop.name, where)
@@ -568,14 +577,18 @@ def warm_up(mod: mx.mod.Module) -> None:
 
 
 def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shapes, report, initializer,
-        stop: StopFlag, resume: checkpoint.Checkpoint | None = None, num_workers: int = 1, mlperf=None) -> int:
+        stop: StopFlag, resume: checkpoint.Checkpoint | None = None, mlperf=None, kv=None) -> int:
     """Train (or score, with ``only_inference``). ``open_data()`` builds the (train, val) iterators, whose batches
     ``shapes`` (``(provide_data, provide_label)``) describes. Returns the process exit status; a ``DataError`` or
     ``OutputError`` propagates after the checkpoint that could be written.
 
     ``mlperf`` (an ``mlperf.MLPerfRun``, MLPerf mode) is told the run's events: the module is bound, initialized
     and warmed up before its clock starts (``init_done``), the data pipelines are built after; it decides which
-    epochs are evaluated and whether an evaluation reached the target, which ends the run."""
+    epochs are evaluated and whether an evaluation reached the target, which ends the run.
+
+    ``kv`` (a distributed job, ``dist.py``): every worker starts from rank 0's weights, the gradients are summed
+    over the workers, each validation pass is summed over them, and rank 0 alone writes checkpoints."""
+    num_workers = kv.num_workers if kv is not None else 1
     global_batch = cfg.batch_size * num_workers
     if cfg.only_inference:
         return score(cfg, sym, contexts, open_data()[1], report, initializer, global_batch, stop, resume)
@@ -589,13 +602,17 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shape
         load_weights(mod, sym, resume, shapes[0][0].shape, amp_arg)
     else:
         mod.init_params(initializer, arg_params=amp_arg or None, allow_missing=cfg.amp)
+    if kv is not None:
+        import dist
+
+        dist.broadcast_params(kv, mod)
     schedule = Schedule(cfg, train_it.batches_per_epoch if train_it is not None else 1)
-    init_optimizer(mod, cfg, schedule, len(contexts))
+    init_optimizer(mod, cfg, schedule, len(contexts), kv)
     scaler = None
     if cfg.amp:
         start = resume.meta.get("loss_scale", cfg.initial_loss_scale) if resume else cfg.initial_loss_scale
         scaler = DynamicLossScaler(mod, start, cfg.amp_scale_window, mod.data_shapes[0].shape[0])
-    run = Trainer(cfg, sym, mod, schedule, scaler, report, global_batch)
+    run = Trainer(cfg, sym, mod, schedule, scaler, report, global_batch, writer=kv is None or kv.rank == 0)
     if cfg.model_prefix is not None:
         stale = checkpoint.remove_stale_temporaries(cfg.model_prefix)
         if stale:
@@ -621,7 +638,7 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shape
         run.last_good = None if resume.partial else resume.name
         log.info("resuming from %s: epoch %d, iteration %d", resume.name, begin_epoch, skip)
     try:
-        return _loop(run, cfg, train_it, val_it, stop, begin_epoch, skip, mlperf)
+        return _loop(run, cfg, train_it, val_it, stop, begin_epoch, skip, mlperf, kv)
     finally:
         if mlperf is not None and mlperf.status is None:  # a signal, a bad record, an unwritable output
             mlperf.run_stop("aborted")
@@ -630,7 +647,7 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shape
 
 
 def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_epoch: int, skip: int,
-          mlperf) -> int:
+          mlperf, kv=None) -> int:
     """The epochs of ``fit``."""
     mod, schedule, scaler, report, global_batch = run.mod, run.schedule, run.scaler, run.report, run.global_batch
     iters_per_epoch = schedule.iters_per_epoch
@@ -681,6 +698,12 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
                 raise
             if val_state == "done":
                 val_it.reset()
+                if kv is not None:  # each worker scored its part of the val set: the whole set's numbers
+                    import dist
+
+                    n, vmeter.loss_sum, top1, top5 = dist.allreduce_sum(
+                        kv, "val", [vmeter.n, vmeter.loss_sum, vmeter.top1, vmeter.top5])
+                    vmeter.n, vmeter.top1, vmeter.top5 = round(n), round(top1), round(top5)
                 val_stats = vmeter.summary(global_batch, latencies=True)
                 if mlperf is not None:
                     reached = mlperf.eval_stop(epoch, vmeter.top1 / max(vmeter.n, 1))
@@ -696,7 +719,12 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
             return 0
         done = epoch + 1
         if done % cfg.save_period == 0 or done == cfg.num_epochs:
-            run.save(done, 0, partial=False)
+            aux = None
+            if kv is not None and cfg.model_prefix is not None:  # every worker takes part; rank 0 writes
+                import dist
+
+                aux = dist.average_aux(kv, mod)
+            run.save(done, 0, partial=False, aux=aux)
         if mlperf is not None:
             report.set_mlperf(mlperf.summary())
         report.save()
@@ -710,6 +738,15 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
         log.error("MLPerf: the %d epochs ran out before an evaluation reached the target %g (%s); run_stop status "
                   "aborted", cfg.num_epochs, mlperf.cfg.target, best)
         return EXIT_ABORTED
+    if kv is not None:  # data parallelism's promise: the workers end with the same weights
+        import dist
+
+        sums = dist.weight_checksums(kv, mod)
+        report.set_dist_checksums(sums)
+        if len(set(sums)) == 1:
+            log.info("the %d workers hold the same weights (checksum %.17g)", len(sums), sums[0])
+        else:
+            log.warning("the workers' weights differ: checksums %s", ", ".join(f"{c:.17g}" for c in sums))
     report.save("completed")
     return 0
 

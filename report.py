@@ -97,6 +97,17 @@ class Report:
     def add_checkpoint(self, prefix: str, epoch: int, partial: bool) -> None:
         self.data["checkpoints"].append({"prefix": prefix, "epoch": epoch, "partial": partial})
 
+    def set_dist(self, workers: int, servers: int, kv_store: str) -> None:
+        """A distributed job (``./runner --workers``): its processes; ``global_batch_size`` and the img/s are of all
+        the workers, ``device`` is one worker's."""
+        self.data["dist"] = {"workers": workers, "servers": servers, "kv_store": kv_store}
+        self.data["global_batch_size"] = self.data["global_batch_size"] * workers
+
+    def set_dist_checksums(self, checksums: list[float]) -> None:
+        """Each worker's checksum of its weights at the end (rank order), and whether they are all equal."""
+        self.data["dist"]["weight_checksums"] = checksums
+        self.data["dist"]["weights_identical"] = len(set(checksums)) == 1
+
     def set_mlperf(self, summary: dict) -> None:
         """MLPerf mode: the run's clock, target and status (``mlperf.MLPerfRun.summary``)."""
         self.data["mlperf"] = summary

@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 import checkpoint  # noqa: E402
 import dali  # noqa: E402
 import data  # noqa: E402
+import dist  # noqa: E402
 import fit  # noqa: E402
 import memory  # noqa: E402
 import mlperf  # noqa: E402
@@ -141,6 +142,18 @@ def main(argv=None) -> int:
 
 def run(args, stop: StopFlag) -> int:
     mlcfg = config_from(mlperf.MLPerfConfig, args)
+    kv, rank, num_workers = None, 0, 1
+    if args.kv_store.startswith("dist"):
+        if not dist.in_worker():
+            raise UsageError(f"--kv-store {args.kv_store}: a distributed job is started by the runner: "
+                             "./runner --workers W ...")
+        if mlcfg.mlperf:
+            raise UsageError("--mlperf runs in one process; it does not take --workers yet")
+        kv = dist.create_kvstore(args.kv_store)  # waits for the whole job; the rank comes from the scheduler
+        rank, num_workers = kv.rank, kv.num_workers
+        dist.label_logs(rank)
+        if rank != 0:  # rank 0 writes the checkpoints and the report
+            args.report = None
     contexts = resolve_contexts(args.gpus, args.cpu_devices)
     device_type = contexts[0].device_type
     check_precision(args.dtype, args.batch_size, contexts)
@@ -174,8 +187,10 @@ def run(args, stop: StopFlag) -> int:
         ml = mlperf.MLPerfRun(mlcfg, args.seed, f"{len(contexts)}x{device_label(device_type)}")
         ml.begin()
         ml.hyperparameters(recipe)
+    if kv is not None:
+        report.set_dist(num_workers, int(os.environ.get("DMLC_NUM_SERVER", "0")), args.kv_store)
     try:
-        return _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml)
+        return _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml, kv)
     except (DataError, OutputError) as err:
         try:
             report.save("failed", str(err))
@@ -228,7 +243,7 @@ def check_mlperf(mlcfg, fcfg, dcfg, args) -> "mlperf.Recipe":
     return recipe
 
 
-def _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml=None) -> int:
+def _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml=None, kv=None) -> int:
     seed_everything(fcfg.seed)
     device_type = contexts[0].device_type
     want_train = not fcfg.only_inference
@@ -238,22 +253,32 @@ def _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml=None) -> i
     check_memory(sym, dcfg, fcfg, args.dtype, contexts)
 
     def open_data():
-        train_it, val_it = data.get_iters(dcfg, contexts, want_train=want_train,
+        train_it, val_it = data.get_iters(dcfg, contexts, rank=kv.rank if kv else 0,
+                                          num_workers=kv.num_workers if kv else 1, want_train=want_train,
                                           want_val=fcfg.only_inference or not fcfg.no_val,
                                           max_batches=fcfg.benchmark_iters, progress=stop.check)
         stop.check()  # a signal while the inputs were checked and the pipelines built
+        if kv is not None and train_it is not None:  # dist_sync: every worker runs as many batches per epoch
+            counts = dist.allreduce_sum(kv, "batches", [train_it.batches_per_epoch if r == kv.rank else 0
+                                                        for r in range(kv.num_workers)])
+            if min(counts) < train_it.batches_per_epoch:
+                samples = train_it.num_samples
+                train_it = data.limit_batches(train_it, round(min(counts)))
+                train_it.num_samples = samples
+            log.info("each of the %d workers trains %d batches per epoch", kv.num_workers, round(min(counts)))
         if want_train and train_it is None:
             raise UsageError("training needs a training set: --data-root with train.rec, or --data-train")
         return train_it, val_it
 
     for note in resnet.fusion_notes(mcfg, device_type):
         log.warning(note)
-    log.info("%s ResNet-%d v%s on %s, global batch %d, %s, backend %s%s", "scoring" if fcfg.only_inference else
-             "training", mcfg.num_layers, mcfg.resnet_version, ",".join(map(str, contexts)), fcfg.batch_size,
-             args.dtype, dcfg.data_backend, f", {fcfg.optimizer}, {fcfg.lr_schedule} schedule" if want_train else "")
+    log.info("%s ResNet-%d v%s on %s, global batch %s, %s, backend %s%s", "scoring" if fcfg.only_inference else
+             "training", mcfg.num_layers, mcfg.resnet_version, ",".join(map(str, contexts)),
+             f"{fcfg.batch_size * kv.num_workers} ({kv.num_workers} workers x {fcfg.batch_size})" if kv else
+             fcfg.batch_size, args.dtype, dcfg.data_backend, f", {fcfg.optimizer}, {fcfg.lr_schedule} schedule" if want_train else "")
     try:
         return fit.fit(fcfg, sym, contexts, open_data, batch_descs(dcfg), report, resnet.initializer(), stop,
-                       resume, mlperf=ml)
+                       resume, mlperf=ml, kv=kv)
     except Stopped:
         if ml is not None:
             report.set_mlperf(ml.summary())
@@ -276,4 +301,18 @@ def check_memory(sym, dcfg, fcfg, dtype: str, contexts) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    if not dist.in_worker():
+        sys.exit(run_main(main))
+    try:  # a worker of a distributed job that fails leaves at once, not through the kvstore's exit barrier (the
+        code = run_main(main)  # other workers would never come to it)
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    if code:
+        dist.hard_exit(code)
+    dist.release()
+    sys.exit(code)

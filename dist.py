@@ -1,0 +1,460 @@
+"""Training across processes on MXNet's parameter server (ps-lite, kvstore ``dist_sync``), and the launcher that
+starts and supervises such a job.
+
+MXNet 1.9.1's engine has no failure detection: when one process of a job dies, every other one waits forever (in a
+push, a barrier, or the kvstore's exit barrier), and its own launcher binds the machine's external address. So the
+runner starts the job itself (``launch``): a scheduler, servers and workers, every address 127.0.0.1 on one host; it
+watches them all, and when one exits non-zero or dies it ends the rest within ``--dist-timeout`` seconds, naming the
+rank and the cause in one line.
+
+Design (see the README's "Multi-node training"):
+
+* ``MXNET_UPDATE_ON_KVSTORE=0``: the servers only sum the gradients; every worker runs the optimizer itself on the
+  summed gradients, so every worker holds the optimizer state (momentum) and rank 0 can checkpoint it, which MXNet
+  refuses when the servers hold it (``save_optimizer_states``: "Cannot save states for distributed training").
+  Module then does not pull the initial weights, so ``broadcast_params`` gives every worker rank 0's.
+* Ranks come from the scheduler (sorted by address, not launch order); each worker writes its rank to the job
+  folder (``RN50_DIST_DIR``) so that the launcher can name it.
+* A worker that fails exits at once (``hard_exit``) instead of waiting in the kvstore's exit barrier; a worker that
+  succeeds leaves normally, which is what stops the servers and the scheduler.
+* SIGINT/SIGTERM to the runner go to rank 0 only (the children have their own sessions, so a terminal's Ctrl-C
+  reaches the runner alone): rank 0 stops after its batch, checkpoints and exits; the launcher then ends the rest.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+PORT_TRIES = 5  # the scheduler's port is picked free and may be taken before ps-lite binds it: retried
+
+
+# --- worker side ---------------------------------------------------------------------------------------------------
+
+def in_worker() -> bool:
+    """Whether this process is a worker of a distributed job (the launcher set ``DMLC_ROLE``)."""
+    return os.environ.get("DMLC_ROLE") == "worker"
+
+
+def create_kvstore(kind: str = "dist_sync"):
+    """The job's kvstore (blocks until every process of the job has registered with the scheduler); the worker's
+    rank is written where the launcher looks for it."""
+    import mxnet as mx
+
+    kv = mx.kv.create(kind)
+    _KEEP.append(kv)  # see release()
+    folder, index = os.environ.get("RN50_DIST_DIR"), os.environ.get("RN50_DIST_INDEX")
+    if folder and index is not None:
+        path = Path(folder) / f"rank-{index}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(kv.rank))
+        os.replace(tmp, path)
+    return kv
+
+
+_KEEP: list = []
+
+
+def release() -> None:
+    """Free the kvstore, after a run that succeeded: its destructor waits in the exit barrier for every worker, and
+    rank 0's then stops the servers and the scheduler. Until then the kvstore is kept here, so that a run that fails
+    never frees it on the way out (it would wait there forever) and ``hard_exit`` leaves without it."""
+    import gc
+
+    _KEEP.clear()
+    gc.collect()
+
+
+def label_logs(rank: int) -> None:
+    """Every log line of a worker says its rank; ranks other than 0 log warnings and errors only (rank 0 speaks for
+    the job: the workers train in lockstep)."""
+    root = logging.getLogger()
+    for h in root.handlers:
+        fmt = h.formatter._fmt if h.formatter is not None else "%(message)s"
+        h.setFormatter(logging.Formatter(fmt.replace("%(levelname)s", f"[rank {rank}] %(levelname)s", 1)))
+    if rank != 0:
+        root.setLevel(logging.WARNING)
+
+
+def broadcast_params(kv, mod) -> None:
+    """Every worker takes rank 0's parameters and batchnorm statistics (``MXNET_UPDATE_ON_KVSTORE=0``: Module
+    initializes the kvstore without pulling them back)."""
+    args, auxs = mod.get_params()
+    for prefix, params in (("bcast_arg_", args), ("bcast_aux_", auxs)):
+        for name in sorted(params):
+            kv.broadcast(prefix + name, params[name], out=params[name])
+    mod.set_params(args, auxs, allow_missing=False, force_init=True)
+
+
+_SUM_KEYS: set[str] = set()
+
+
+def allreduce_sum(kv, key: str, values: list[float]) -> list[float]:
+    """The sum over all workers of ``values`` (float64 on the way: counts of up to 2^53 stay exact)."""
+    import mxnet as mx
+
+    arr = mx.nd.array(values, dtype="float64")
+    name = "sum_" + key
+    if name not in _SUM_KEYS:
+        kv.init(name, mx.nd.zeros(arr.shape, dtype="float64"))
+        _SUM_KEYS.add(name)
+    out = mx.nd.zeros(arr.shape, dtype="float64")
+    kv.push(name, arr)
+    kv.pull(name, out=out)
+    return [float(v) for v in out.asnumpy()]
+
+
+def average_aux(kv, mod) -> dict:
+    """The batchnorm statistics averaged over the workers (every worker calls it). Each worker keeps its own, as
+    each device of one process does; a checkpoint holds their average, as ``Module.get_params`` averages the
+    devices'."""
+    import mxnet as mx
+
+    _, auxs = mod.get_params()
+    out = {}
+    for name in sorted(auxs):
+        key = "avg_aux_" + name
+        if key not in _SUM_KEYS:
+            kv.init(key, mx.nd.zeros(auxs[name].shape, dtype=auxs[name].dtype))
+            _SUM_KEYS.add(key)
+        total = mx.nd.zeros(auxs[name].shape, dtype=auxs[name].dtype)
+        kv.push(key, auxs[name])
+        kv.pull(key, out=total)
+        out[name] = total / kv.num_workers
+    return out
+
+
+def weight_checksums(kv, mod) -> list[float]:
+    """Each worker's checksum of its parameters, in rank order: equal when the workers hold the same weights (a
+    float64 sum over every value, weighted by its position, and of the squares). Batchnorm statistics are left out:
+    each worker's are its own, as each device's are in one process."""
+    import numpy as np
+
+    args, _ = mod.get_params()
+    total = 0.0
+    for name in sorted(args):
+        w = args[name].asnumpy().astype(np.float64).ravel()
+        total += float(w @ (1.0 + (np.arange(w.size) % 7) / 7.0) + w @ w)
+    return allreduce_sum(kv, "checksums", [total if r == kv.rank else 0.0 for r in range(kv.num_workers)])
+
+
+def hard_exit(code: int) -> None:
+    """Leave now with ``code``: a failing worker would otherwise block in the kvstore's exit barrier, waiting for
+    workers that wait for it."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+# --- launcher side -------------------------------------------------------------------------------------------------
+
+def free_port(host: str = LOOPBACK) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Member:
+    role: str  # scheduler, server, worker
+    index: int  # launch order within the role
+    proc: subprocess.Popen
+    log_path: Path | None = None
+    rc: int | None = None
+    host: str | None = None  # started over ssh on this host
+
+    def name(self, folder: Path) -> str:
+        if self.host is not None:
+            return f"{self.role} on {self.host} (ssh pid {self.proc.pid})"
+        if self.role == "worker":
+            rank = folder / f"rank-{self.index}"
+            if rank.exists():
+                return f"worker rank {rank.read_text().strip()} (pid {self.proc.pid})"
+            return f"worker {self.index} (pid {self.proc.pid}, before it had a rank)"
+        return f"{self.role} {self.index} (pid {self.proc.pid})" if self.role == "server" else \
+            f"scheduler (pid {self.proc.pid})"
+
+    def cause(self) -> str:
+        rc = self.rc
+        if rc is not None and rc < 0:
+            try:
+                return f"was killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                return f"was killed by signal {-rc}"
+        text = f"exited with status {rc}"
+        if self.log_path is not None and self.log_path.exists():
+            lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+            if lines:
+                text += f" ({lines[-1][:300]})"
+        return text
+
+
+def exit_status(rc: int) -> int:
+    return 128 - rc if rc < 0 else rc
+
+
+@dataclass
+class Job:
+    """A running job: its members and the folder of their logs and rank files."""
+    folder: Path
+    members: list[Member] = field(default_factory=list)
+
+    def workers(self) -> list[Member]:
+        return [m for m in self.members if m.role == "worker"]
+
+    def rank0(self) -> Member | None:
+        for m in self.workers():
+            path = self.folder / f"rank-{m.index}"
+            if path.exists() and path.read_text().strip() == "0":
+                return m
+        return None
+
+    def poll(self) -> None:
+        for m in self.members:
+            if m.rc is None:
+                m.rc = m.proc.poll()
+
+    def end(self, grace: float) -> None:
+        """SIGTERM to every process still running, SIGKILL to those left after ``grace`` seconds."""
+        alive = [m for m in self.members if m.proc.poll() is None]
+        for m in alive:
+            _signal_group(m.proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(m.proc.poll() is None for m in alive):
+            time.sleep(0.05)
+        for m in alive:
+            if m.proc.poll() is None:
+                _signal_group(m.proc, signal.SIGKILL)
+        for m in alive:
+            try:
+                m.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover (SIGKILL'd)
+                pass
+        self.poll()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # each member leads its own session (and so its own process group)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def base_env(env: dict, port: int, workers: int, servers: int, addr: str = LOOPBACK) -> dict:
+    """The ps-lite environment of every member: the scheduler at ``addr`` (127.0.0.1 on one host; on several, the
+    address the user gives), never guessed from the network."""
+    out = {k: v for k, v in env.items() if not k.startswith("DMLC_")}
+    out.update(DMLC_PS_ROOT_URI=addr, DMLC_PS_ROOT_PORT=str(port), DMLC_NODE_HOST=addr,
+               DMLC_NUM_WORKER=str(workers), DMLC_NUM_SERVER=str(servers))
+    return out
+
+
+def _start_scheduler(job: Job, env: dict, workers: int, servers: int, addr: str = LOOPBACK) -> dict:
+    """Start the scheduler on a free port of ``addr``, retrying when ps-lite reports "bind failed"."""
+    for attempt in range(PORT_TRIES):
+        port = free_port(addr)
+        penv = base_env(env, port, workers, servers, addr)
+        log_path = job.folder / f"scheduler-{attempt}.log"
+        with open(log_path, "wb") as f:
+            proc = subprocess.Popen([sys.executable, "-c", "import mxnet"], env=dict(penv, DMLC_ROLE="scheduler"),
+                                    stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 1.0  # ps-lite binds at once and aborts at once when it cannot
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            job.members.append(Member("scheduler", 0, proc, log_path))
+            return penv
+        if "bind failed" not in log_path.read_text(errors="replace"):
+            job.members.append(Member("scheduler", 0, proc, log_path, proc.returncode))
+            return penv
+        log.warning("the scheduler could not bind %s:%d (taken meanwhile); trying another port", addr, port)
+    raise RuntimeError(f"the scheduler could not bind a port on {addr} in {PORT_TRIES} tries")
+
+
+def launch(worker_argv: list[str], env: dict, workers: int, servers: int, timeout: float,
+           worker_threads: int) -> int:
+    """Run a job of ``workers`` workers (``worker_argv``, train.py) and ``servers`` servers on this host, all on
+    127.0.0.1; return the runner's exit status (0, or the status of the member that failed; 128 + N when the
+    runner got signal N)."""
+    folder = Path(tempfile.mkdtemp(prefix="rn50-dist-"))
+    job = Job(folder)
+    got: list[int] = []
+
+    def on_signal(signum, frame):
+        got.append(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        penv = _start_scheduler(job, env, workers, servers)
+        if job.members[0].rc is not None:
+            log.error("dist: the %s %s; nothing was started", job.members[0].name(folder), job.members[0].cause())
+            return exit_status(job.members[0].rc) or 1
+        for i in range(servers):
+            log_path = folder / f"server-{i}.log"
+            with open(log_path, "wb") as f:
+                proc = subprocess.Popen([sys.executable, "-c", "import mxnet"],
+                                        env=dict(penv, DMLC_ROLE="server", OMP_NUM_THREADS="1"),
+                                        stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            job.members.append(Member("server", i, proc, log_path))
+        for i in range(workers):
+            wenv = dict(penv, DMLC_ROLE="worker", RN50_DIST_DIR=str(folder), RN50_DIST_INDEX=str(i),
+                        OMP_NUM_THREADS=str(worker_threads), MXNET_UPDATE_ON_KVSTORE="0")
+            proc = subprocess.Popen(worker_argv, env=wenv, start_new_session=True)
+            job.members.append(Member("worker", i, proc))
+        return supervise(job, timeout, got)
+    finally:
+        job.end(grace=min(timeout, 5.0))
+        for s, h in old.items():
+            signal.signal(s, h)
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+
+
+def read_hostfile(path: Path) -> list[str]:
+    """The hosts of a host file: one per line, ``host`` or ``host slots=N`` (mpirun's and horovodrun's format; the
+    slots are ignored: one worker per host drives its -n devices), ``#`` comments."""
+    from common import UsageError
+
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise UsageError(f"--hostfile {path}: cannot read it ({err.strerror or err})") from None
+    hosts = []
+    for n, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if any(not f.startswith("slots=") for f in fields[1:]) or not fields[0].replace("-", "").replace(
+                ".", "").replace("_", "").replace(":", "").isalnum():
+            raise UsageError(f"--hostfile {path}: line {n}: expected 'host' or 'host slots=N', got {line.strip()!r}")
+        hosts.append(fields[0])
+    if not hosts:
+        raise UsageError(f"--hostfile {path}: no hosts in it")
+    return hosts
+
+
+def remote_command(host_env: dict, cwd: str, argv: list[str]) -> str:
+    """The shell command run on a host: the environment given explicitly (nothing else of ours crosses), in the
+    toolkit's folder."""
+    import shlex
+
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(host_env.items()))
+    return f"cd {shlex.quote(cwd)} && exec env {env} {' '.join(shlex.quote(a) for a in argv)}"
+
+
+def launch_hosts(hosts: list[str], addr: str, worker_argv: list[str], env_add: dict, timeout: float,
+                 ssh: list[str], remote_dir: str) -> int:
+    """One worker and one server per host over ssh, the scheduler here on ``addr``; supervised as ``launch``.
+    ``env_add``: what the runner sets (OpenMP, MXNet); with the DMLC variables it is all the hosts get."""
+    folder = Path(tempfile.mkdtemp(prefix="rn50-dist-"))
+    job = Job(folder)
+    got: list[int] = []
+
+    def on_signal(signum, frame):
+        got.append(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        penv = _start_scheduler(job, dict(os.environ), len(hosts), len(hosts), addr)
+        if job.members[0].rc is not None:
+            log.error("dist: the %s %s; nothing was started", job.members[0].name(folder), job.members[0].cause())
+            return exit_status(job.members[0].rc) or 1
+        dmlc = {k: v for k, v in penv.items() if k.startswith("DMLC_")}
+        for role in ("server", "worker"):
+            for i, host in enumerate(hosts):
+                henv = {**env_add, **dmlc, "DMLC_ROLE": role, "DMLC_NODE_HOST": host, "PYTHONUNBUFFERED": "1"}
+                argv = [worker_argv[0], "-c", "import mxnet"] if role == "server" else list(worker_argv)
+                if role == "worker":
+                    henv["MXNET_UPDATE_ON_KVSTORE"] = "0"
+                cmd = [*ssh, host, remote_command(henv, remote_dir, argv)]
+                log_path = folder / f"{role}-{i}.log" if role == "server" else None
+                if log_path is not None:
+                    with open(log_path, "wb") as f:
+                        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                                stdin=subprocess.DEVNULL)
+                else:
+                    proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
+                job.members.append(Member(role, i, proc, log_path, host=host))
+        return supervise(job, timeout, got)
+    finally:
+        job.end(grace=min(timeout, 5.0))
+        for s, h in old.items():
+            signal.signal(s, h)
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+
+
+def supervise(job: Job, timeout: float, got: list[int]) -> int:
+    """Watch the job until it ends; see ``launch``."""
+    folder, forwarded, servers_done = job.folder, None, None
+    while True:
+        job.poll()
+        workers = job.workers()
+        if got and forwarded is None:
+            forwarded = got[0]
+            target = job.rank0()
+            if any(m.host for m in job.members):
+                log.error("dist: %s: ending the job on its hosts (over ssh, rank 0 is not known here, so no "
+                          "checkpoint is written now: the newest is the last --save-period one)",
+                          signal.Signals(forwarded).name)
+                job.end(timeout)
+                return 128 + forwarded
+            if target is None or target.rc is not None:  # rank 0 unknown yet (start-up): nothing to save
+                log.error("dist: %s before training started; ending the job", signal.Signals(forwarded).name)
+                job.end(timeout)
+                return 128 + forwarded
+            log.info("dist: %s goes to %s, which checkpoints and stops; the rest are ended then",
+                     signal.Signals(forwarded).name, target.name(folder))
+            _signal_group(target.proc, forwarded)
+            deadline = time.monotonic() + timeout + 600  # rank 0 finishes its batch and writes a checkpoint
+        if forwarded is not None:
+            target = job.rank0()
+            if (target is not None and target.rc is not None) or time.monotonic() > deadline:
+                job.end(timeout)
+                return 128 + forwarded
+            time.sleep(0.1)
+            continue
+        failed = [m for m in workers if m.rc not in (None, 0)]
+        failed += [m for m in job.members if m.role != "worker" and m.rc not in (None, 0)]
+        if not failed and all(m.rc == 0 for m in job.members if m.role != "worker") and \
+                any(m.rc is None for m in workers):
+            # the servers stop when rank 0 has passed the exit barrier; the other workers are leaving too
+            servers_done = servers_done or time.monotonic()
+            if time.monotonic() - servers_done > timeout:
+                left = [m for m in workers if m.rc is None]
+                log.error("dist: %s still running %.0f s after the servers stopped; ended",
+                          ", ".join(m.name(folder) for m in left), timeout)
+                job.end(timeout)
+                return 1
+        if failed:
+            m = failed[0]
+            log.error("dist: %s %s; ending the job's %d other process(es)", m.name(folder), m.cause(),
+                      sum(1 for x in job.members if x.rc is None))
+            t0 = time.monotonic()
+            job.end(timeout)
+            log.info("dist: the job ended %.1f s after the failure was seen", time.monotonic() - t0)
+            return exit_status(m.rc) or 1
+        if all(m.rc == 0 for m in workers):
+            deadline = time.monotonic() + timeout  # the servers and the scheduler stop once rank 0 tells them
+            while time.monotonic() < deadline and any(m.proc.poll() is None for m in job.members):
+                time.sleep(0.05)
+            job.poll()
+            left = [m for m in job.members if m.rc is None]
+            if left:
+                log.warning("dist: %s still running %.0f s after the workers finished; ended",
+                            ", ".join(m.name(folder) for m in left), timeout)
+            return 0
+        time.sleep(0.1)

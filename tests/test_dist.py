@@ -1,0 +1,336 @@
+"""A job of several processes on MXNet's parameter server (``./runner --workers``, dist.py), on 127.0.0.1 only:
+the same weights on every worker and as one process with the same global batch and data, a worker killed mid-epoch,
+a signal to the runner, resume from the job's checkpoint, and where the sockets listen. Every run is bounded in time;
+the launcher ends its job by itself."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run
+
+SMALL = ["--data-backend", "synthetic", "--image-shape", "3,32,32", "--num-classes", "10", "--no-val", "--seed", "3",
+         "--disp-batches", "1"]
+
+
+def runner(*args, timeout=300):
+    return run([ROOT / "runner", *args], timeout=timeout)
+
+
+def params(path: Path) -> dict:
+    import mxnet as mx
+
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(path)).items()}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k].astype(np.float64) - b[k]).max()) for k in a)
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (the launcher's job)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def alive(pids) -> list[int]:
+    left = []
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().split()[2] != "Z":
+                    left.append(p)
+        except FileNotFoundError:
+            pass
+    return left
+
+
+def listening(pids) -> list[str]:
+    """The local addresses of the TCP sockets ``pids`` listen on (from /proc)."""
+    inodes = set()
+    for p in pids:
+        try:
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{p}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except FileNotFoundError:
+            pass
+    out = []
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] == "0A" and f[9] in inodes:  # LISTEN
+                host, port = f[1].split(":")
+                addr = ".".join(str(int(host[i:i + 2], 16)) for i in (6, 4, 2, 0)) if not v6 else f"[{host}]"
+                out.append(f"{addr}:{int(port, 16)}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def equivalence(tmp_path_factory):
+    """2 workers x 1 device x batch 8 against one process with 2 devices x batch 8: the same global batch (16),
+    the same images (synthetic image j of the global batch is the same however the batch is split)."""
+    d = tmp_path_factory.mktemp("dist")
+    common = ["-b", "8", "-e", "2", "--benchmark-iters", "3", *SMALL]
+    job = runner("-n", "1", "--workers", "2", *common, "--model-prefix", d / "w", "--report", d / "w.json")
+    ref = runner("-n", "2", *common, "--model-prefix", d / "r", "--report", d / "r.json")
+    return d, job, ref
+
+
+@pytest.mark.e2e
+def test_two_workers_match_one_process(equivalence):
+    d, job, ref = equivalence
+    assert job.returncode == 0, job.stderr
+    assert ref.returncode == 0, ref.stderr
+    report = json.loads((d / "w.json").read_text())
+    assert report["dist"]["workers"] == 2 and report["dist"]["servers"] == 2
+    assert report["dist"]["weights_identical"] is True, report["dist"]  # every worker holds the same weights
+    assert report["global_batch_size"] == 16 and report["status"] == "completed"
+    assert report["metrics"]["train.iters"] == [3, 3]
+    # ... and they are one process's, with the same global batch and the same images, to float rounding
+    assert max_diff(params(d / "w-0002.params"), params(d / "r-0002.params")) < 1e-5
+    assert "[rank 0]" in job.stderr and "[rank 1] INFO" not in job.stderr  # rank 0 speaks for the job
+    assert not list(d.glob("*.tmp")) and not (d / "w-0003.params").exists()
+
+
+@pytest.mark.e2e
+def test_resume_from_the_jobs_checkpoint(equivalence, tmp_path):
+    """Epoch 2 resumed from the job's epoch-1 checkpoint ends where the uninterrupted job did."""
+    d, job, _ = equivalence
+    for f in ("w-symbol.json", "w-0001.params", "w-0001.states", "w-0001.json"):
+        (tmp_path / f).write_bytes((d / f).read_bytes())
+    res = runner("-n", "1", "--workers", "2", "-b", "8", "-e", "2", "--benchmark-iters", "3", *SMALL,
+                 "--model-prefix", tmp_path / "w", "--load-epoch", "1")
+    assert res.returncode == 0, res.stderr
+    assert "resuming from" in res.stderr
+    assert max_diff(params(tmp_path / "w-0002.params"), params(d / "w-0002.params")) < 1e-5
+
+
+@pytest.mark.e2e
+def test_readme_command_and_loopback_only(tmp_path):
+    """The README's command, while every socket of the job is watched: all listen on 127.0.0.1."""
+    p = subprocess.Popen([str(ROOT / "runner"), "-n", "1", "-b", "8", "--workers", "2", "--data-backend", "synthetic",
+                          "--image-shape", "3,32,32", "-e", "1", "--no-val", "--benchmark-iters", "6"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen, err = [], []
+    deadline = time.monotonic() + 300
+    try:
+        for line in p.stderr:
+            err.append(line)
+            if "trains 6 batches per epoch" in line:  # every process of the job is up and connected
+                seen = listening(children(p.pid))
+        rc = p.wait(timeout=max(1, deadline - time.monotonic()))
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert rc == 0, "".join(err)
+    assert len(seen) >= 4 and all(a.startswith("127.0.0.1:") for a in seen), seen  # scheduler, servers, workers
+
+
+@pytest.mark.e2e
+def test_a_killed_worker_ends_the_job(tmp_path):
+    """SIGKILL to one worker mid-epoch: the others would wait forever in ps-lite; the runner ends them within
+    --dist-timeout, names the worker and the cause in one line, exits non-zero, and leaves nothing running."""
+    p = subprocess.Popen([str(ROOT / "runner"), "-n", "1", "-b", "8", "--workers", "2", "-e", "1",
+                          "--benchmark-iters", "500", *SMALL, "--dist-timeout", "5"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err, job, killed_at = [], [], None
+    try:
+        for line in p.stderr:
+            err.append(line)
+            if killed_at is None and "Batch[2/500]" in line:  # mid-epoch
+                job = children(p.pid)
+                workers = [c for c in job if "train.py" in Path(f"/proc/{c}/cmdline").read_text()]
+                assert len(job) == 5 and len(workers) == 2, job  # scheduler, 2 servers, 2 workers
+                os.kill(workers[1], signal.SIGKILL)
+                killed_at = time.monotonic()
+        rc = p.wait(timeout=60)
+        ended = time.monotonic() - killed_at
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert killed_at is not None, "".join(err)
+    assert rc == 128 + signal.SIGKILL, "".join(err)
+    failure = [ln for ln in err if "ERROR dist:" in ln]
+    assert len(failure) == 1 and "was killed by SIGKILL" in failure[0] and "worker" in failure[0], "".join(err)
+    assert ended < 5 + 10, ended  # --dist-timeout, and the polling around it
+    assert alive(job) == []
+
+
+@pytest.mark.e2e
+def test_sigterm_checkpoints_on_rank_0_and_ends_the_job(tmp_path):
+    p = subprocess.Popen([str(ROOT / "runner"), "-n", "1", "-b", "8", "--workers", "2", "-e", "1",
+                          "--benchmark-iters", "500", *SMALL, "--dist-timeout", "5", "--model-prefix",
+                          tmp_path / "m"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err, job = [], []
+    try:
+        for line in p.stderr:
+            err.append(line)
+            if not job and "Batch[2/500]" in line:
+                job = children(p.pid)
+                p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = "".join(err)
+    assert rc == 128 + signal.SIGTERM, text
+    assert (tmp_path / "m-0001-partial.params").is_file() and (tmp_path / "m-0001-partial.json").is_file(), text
+    assert "goes to worker rank 0" in text
+    assert alive(job) == []
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--workers", "0"], "--workers 0: must be at least 1"),
+    (["--servers", "2"], "--servers 2: at least 1, and only with --workers 2 or more"),
+    (["--workers", "2", "--dist-timeout", "0"], "--dist-timeout 0: must be positive"),
+    (["--workers", "3"], "--workers 3 x -n 1: more CPU devices than cores (2)"),
+])
+def test_runner_dist_flag_errors(flags, message):
+    from test_config import runner_module
+
+    r = runner_module()
+    args, extra = r.build_parser().parse_known_args(["-n", "1", "-b", "8", *flags])
+    from common import UsageError
+
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        r.build_command(args, extra, gpus=0, cores=2)
+
+
+def test_runner_splits_the_batch_and_threads_over_workers():
+    from test_config import runner_module
+
+    r = runner_module()
+    args, extra = r.build_parser().parse_known_args(["-n", "1", "-b", "8", "--workers", "2", "-l", "0.256"])
+    argv, env = r.build_command(args, extra, gpus=0, cores=2)
+    assert argv[argv.index("--batch-size") + 1] == "8"  # per worker; the LR is the global batch's (16)
+    assert float(argv[argv.index("--lr") + 1]) == pytest.approx(0.016)
+    assert argv[argv.index("--kv-store") + 1] == "dist_sync" and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_train_refuses_a_dist_kvstore_outside_a_job(capsys):
+    from test_config import call, train_main
+
+    code = call(train_main(), ["--kv-store", "dist_sync", "--data-backend", "synthetic", "--cpu-devices", "1"])
+    assert code == 2 and "a distributed job is started by the runner: ./runner --workers W" in capsys.readouterr().err
+
+
+FAKE_SSH = """#!/usr/bin/env bash
+# ssh's stand-in: logs its arguments, skips the options, runs the command on this machine
+echo "$@" >> "$FAKE_SSH_LOG"
+while [[ $# -gt 0 && "$1" == -* ]]; do
+  if [[ "$1" == -o ]]; then shift; fi
+  shift
+done
+shift  # the host
+exec bash -c "$*"
+"""
+
+
+@pytest.mark.e2e
+def test_hostfile_over_ssh(tmp_path):
+    """--hostfile: one server and one worker per host over ssh (here a stand-in that runs the command locally, both
+    "hosts" being 127.0.0.1), the environment passed explicitly, the scheduler on --dist-addr."""
+    ssh = tmp_path / "ssh"
+    ssh.write_text(FAKE_SSH)
+    ssh.chmod(0o755)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 slots=8\n# the second host\n127.0.0.1\n")
+    res = run([ROOT / "runner", "-n", "1", "-b", "8", "--hostfile", hosts, "--dist-addr", "127.0.0.1", "--ssh",
+               f"{ssh} -o BatchMode=yes -tt", "-e", "1", "--benchmark-iters", "2", *SMALL, "--report",
+               tmp_path / "r.json"], env={"FAKE_SSH_LOG": str(tmp_path / "ssh.log"), "OMP_NUM_THREADS": "1"},
+              timeout=300)
+    assert res.returncode == 0, res.stderr
+    calls = (tmp_path / "ssh.log").read_text().splitlines()
+    assert len(calls) == 4 and all(c.startswith("-o BatchMode=yes -tt 127.0.0.1 cd ") for c in calls)
+    assert sum("DMLC_ROLE=worker" in c for c in calls) == 2 and all("DMLC_PS_ROOT_URI=127.0.0.1" in c for c in calls)
+    assert all("OMP_NUM_THREADS=1" in c for c in calls)
+    assert json.loads((tmp_path / "r.json").read_text())["dist"]["weights_identical"] is True
+
+
+@pytest.mark.parametrize("hostfile,flags,message", [
+    ("h1\nh2\n", [], "--hostfile needs --dist-addr"),
+    ("h1 slots=2 extra\n", ["--dist-addr", "10.0.0.1"], "line 1: expected 'host' or 'host slots=N'"),
+    ("# nobody\n", ["--dist-addr", "10.0.0.1"], "no hosts in it"),
+    (None, ["--dist-addr", "10.0.0.1"], "--dist-addr is the scheduler's address for --hostfile"),
+    ("h1\n", ["--dist-addr", "10.0.0.1", "--workers", "2"], "--hostfile starts one worker per host"),
+])
+def test_hostfile_errors(tmp_path, hostfile, flags, message, capsys):
+    from test_config import call, runner_module
+
+    r = runner_module()
+    argv = ["-n", "1", "-b", "8", "--dry-run", *flags]
+    if hostfile is not None:
+        (tmp_path / "hosts").write_text(hostfile)
+        argv += ["--hostfile", str(tmp_path / "hosts")]
+    assert call(r.main, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_hostfile_dry_run(tmp_path, capsys):
+    from test_config import runner_module
+
+    r = runner_module()
+    (tmp_path / "hosts").write_text("node1 slots=8\nnode2 slots=8\n")
+    assert r.main(["-n", "8", "-b", "208", "--hostfile", str(tmp_path / "hosts"), "--dist-addr", "10.0.0.1",
+                   "--dry-run", "--assume-gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "one worker and one server on each of node1, node2" in out and "--kv-store dist_device_sync" in out
+    assert "--batch-size 1664" in out  # per worker: 8 GPUs x 208; the LR is for 2 x 1664
+
+
+@pytest.mark.e2e
+def test_benchmark_sweeps_workers(tmp_path):
+    """benchmark.py --workers 1,2: each cell a job; weak scaling against 1 worker x 1 device; workers x devices."""
+    out = tmp_path / "w.json"
+    res = run([ROOT / "benchmark.py", "-n", "1", "-b", "4", "--workers", "1,2", "-i", "3", "-e", "2", "-w", "1",
+               "--data-backend", "synthetic", "--image-shape", "3,32,32", "--num-classes", "10", "-o", out],
+              timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    s = json.loads(out.read_text())
+    assert s["workers"] == [1, 2] and s["devices_total"] == {"1": {"1": 1}, "2": {"1": 2}}
+    one, two = (s["metrics_by_workers"]["default"][w]["1"]["4"]["train.total_ips"] for w in ("1", "2"))
+    assert one > 0 and two > 0
+    assert s["weak_scaling_by_workers"]["default"]["2"]["1"]["4"] == pytest.approx(two / one)
+    assert s["metrics"]["1"]["4"]["train.total_ips"] == one  # NVIDIA's shape: the first worker count
+    assert "| 2 x 1 |" in res.stdout
+    report = json.loads(Path(s["runs"]["default"]["1"]["4"]["report"]).read_text())
+    assert "dist" not in report
+
+
+def test_scaling_model_by_hand(capsys):
+    from tools import scaling_model as sm
+
+    # one node exchanges nothing over its link; 2 nodes send half of 2 x P fp16 values each way
+    assert sm.weak_scaling(1, 3399.0, 408, 100.0) == pytest.approx(1.0)
+    compute, exchange = sm.step_times(2, 3399.0, 408, 100.0)
+    assert compute == pytest.approx(408 / 3399) and exchange == pytest.approx(2 * 25_557_032 * 2 * 0.5 * 8 / 100e9)
+    assert sm.weak_scaling(2, 3399.0, 408, 100.0) == pytest.approx(2 * compute / (compute + exchange))
+    assert sm.main(["--nodes", "2,8", "--links", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "| A100 (3,399, 408) | 100 Gb/s | 1.93 (97%) | 7.55 (94%) |" in out and "102 MB pushed" in out
+
+
+def test_horovod_is_a_clear_usage_error(capsys):
+    from test_config import call, runner_module
+
+    assert call(runner_module().main, ["-n", "1", "-b", "8", "--kv-store", "horovod", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "--kv-store horovod needs Horovod built with MXNet support" in err and len(err.splitlines()) == 1
