@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput sweep: one ``./runner`` process per (dtype, device count, batch size per device).
+"""Throughput sweep: one ``./runner`` job per (dtype, workers, device count, batch size per device).
 
     python benchmark.py -n 1,2,4 -b 32,64 -i 100 -e 2 -w 1 -o sweep.json [runner flags ...]
 
@@ -17,6 +17,11 @@ The summary JSON keeps the shape of NVIDIA's (``model``, ``ngpus``, ``bs``, ``me
     ``mode``          ``train`` or ``inference``
     ``dtypes``        the dtypes swept (``metrics`` holds the first; ``metrics_by_dtype[dtype]`` all of them)
     ``weak_scaling``  ``[n][bs]``: img/s at n devices / img/s at 1 device, same batch per device (needs -n 1)
+    ``workers``       the worker counts swept (``--workers``: processes of one job, ``./runner --workers W``);
+                      ``metrics``, ``weak_scaling`` and the tables above are of the first
+    ``metrics_by_workers``  ``[dtype][w][n][bs]``; ``devices_total[w][n]`` = w x n
+    ``weak_scaling_by_workers``  ``[dtype][w][n][bs]``: img/s of w workers x n devices / img/s of 1 worker x 1
+                      device, same batch per device (needs --workers 1 and -n 1)
     ``speedup``       ``[dtype][n][bs]``: img/s of dtype / img/s of float32, where both were swept
     ``errors``        ``[dtype][n][bs]``: why a cell has no numbers
     ``runs``          ``[dtype][n][bs]``: the cell's report and log paths, exit status and wall time
@@ -61,6 +66,8 @@ def build_parser() -> Parser:
                                                 "weak scaling and speedup. Unknown flags go to the runner.")
     p.add_argument("-n", "--ngpus", type=int_list, required=True, help="device counts, e.g. 1,2,4")
     p.add_argument("-b", "--batch-sizes", type=int_list, required=True, help="batch sizes per device, e.g. 32,64")
+    p.add_argument("--workers", type=int_list, default=[1],
+                   help="worker processes per job (./runner --workers), e.g. 1,2: weak scaling across processes")
     p.add_argument("-i", "--benchmark-iters", type=int, default=100, help="iterations per epoch")
     p.add_argument("-e", "--epochs", type=int, default=1, help="epochs (scoring passes with --only-inference)")
     p.add_argument("-w", "--warmup", type=int, default=0, help="first epochs left out of the averages")
@@ -78,7 +85,7 @@ def build_parser() -> Parser:
 
 
 def check_args(args) -> None:
-    for flag, values in (("-n", args.ngpus), ("-b", args.batch_sizes)):
+    for flag, values in (("-n", args.ngpus), ("-b", args.batch_sizes), ("--workers", args.workers)):
         if not values or min(values) < 1:
             raise UsageError(f"{flag} {','.join(map(str, values))}: give positive integers, e.g. {flag} 1,2")
     if args.benchmark_iters < 1:
@@ -99,9 +106,11 @@ def harmonic_mean(values) -> float:
     return len(values) / sum(1.0 / v for v in values)
 
 
-def runner_cmd(args, extra, dtype, n, bs, report: Path) -> list:
+def runner_cmd(args, extra, dtype, n, bs, report: Path, w: int = 1) -> list:
     cmd = [args.executable, "-n", str(n), "-b", str(bs), "-e", str(args.epochs), "--benchmark-iters",
            str(args.benchmark_iters), "--no-metrics", "--report", str(report)]
+    if w > 1:
+        cmd += ["--workers", str(w)]
     cmd += ["--only-inference"] if args.only_inference else ["--no-val"]
     if args.num_examples is not None:
         cmd += ["--num-examples", str(args.num_examples)]
@@ -110,13 +119,13 @@ def runner_cmd(args, extra, dtype, n, bs, report: Path) -> list:
     return cmd + extra
 
 
-def run_cell(args, extra, dtype, n, bs, run_dir: Path) -> dict:
+def run_cell(args, extra, dtype, n, bs, run_dir: Path, w: int = 1) -> dict:
     """Run one configuration; return ``{"values": {key: number}}`` or ``{"error": str}``, plus run details."""
-    tag = f"{dtype or 'default'}-n{n}-b{bs}"
+    tag = f"{dtype or 'default'}-n{n}-b{bs}" + (f"-w{w}" if w > 1 else "")
     report, logf = run_dir / f"{tag}.json", run_dir / f"{tag}.log"
     for f in (report, logf):
         f.unlink(missing_ok=True)  # never read a stale report
-    cmd = runner_cmd(args, extra, dtype, n, bs, report)
+    cmd = runner_cmd(args, extra, dtype, n, bs, report, w)
     info = {"report": str(report), "log": str(logf), "cmd": cmd}
     t0 = time.perf_counter()
     with open(logf, "wb") as log:
@@ -186,23 +195,39 @@ def ratio(a, b):
 
 
 def summarize(args, extra, cells: dict) -> dict:
-    """cells[(dtype, n, bs)] = run_cell result -> the summary JSON."""
+    """cells[(dtype, workers, n, bs)] = run_cell result -> the summary JSON."""
     mode = "inference" if args.only_inference else "train"
     keys = INFER_KEYS if args.only_inference else TRAIN_KEYS
     dtypes = args.dtype or [None]
     names = [d or "default" for d in dtypes]
     by_dtype, errors, runs = {}, {}, {}
     done = [c for c in cells.values() if "values" in c]
+    w0 = args.workers[0]
+    by_workers, weak_workers = {}, {}
     for d, name in zip(dtypes, names):
+        bw = by_workers[name] = {}
+        for w in args.workers:
+            bw[str(w)] = {str(n): {str(bs): {k: (cells[(d, w, n, bs)].get("values") or {}).get(k) for k in keys}
+                                   for bs in args.batch_sizes} for n in args.ngpus}
+        base = bw.get("1", {}).get("1")
+        weak_workers[name] = {str(w): {str(n): {str(bs): ratio(bw[str(w)][str(n)][str(bs)][IPS_KEY[mode]],
+                                                               base[str(bs)][IPS_KEY[mode]]) if base else None
+                                                for bs in args.batch_sizes} for n in args.ngpus}
+                              for w in args.workers}
         m, e, r = {}, {}, {}
+        for w in args.workers:
+            for n in args.ngpus:
+                for bs in args.batch_sizes:
+                    c = cells[(d, w, n, bs)]
+                    if "error" in c:
+                        key = str(n) if w == w0 else f"{w}x{n}"
+                        e.setdefault(key, {})[str(bs)] = c["error"]
         for n in args.ngpus:
             for bs in args.batch_sizes:
-                c = cells[(d, n, bs)]
+                c = cells[(d, w0, n, bs)]
                 vals = c.get("values") or {}
                 m.setdefault(str(n), {})[str(bs)] = {k: vals.get(k) for k in keys}
                 r.setdefault(str(n), {})[str(bs)] = {k: c[k] for k in ("report", "log", "exit_status", "wall_s")}
-                if "error" in c:
-                    e.setdefault(str(n), {})[str(bs)] = c["error"]
         by_dtype[name], errors[name], runs[name] = m, e, r
     ips = IPS_KEY[mode]
     weak = {}
@@ -233,6 +258,10 @@ def summarize(args, extra, cells: dict) -> dict:
         "weak_scaling": weak[names[0]],
         "weak_scaling_by_dtype": weak,
         "speedup": speedup,
+        "workers": args.workers,
+        "metrics_by_workers": by_workers,
+        "devices_total": {str(w): {str(n): w * n for n in args.ngpus} for w in args.workers},
+        "weak_scaling_by_workers": weak_workers,
         "errors": errors,
         "runs": runs,
         "settings": {"benchmark_iters": args.benchmark_iters, "epochs": args.epochs, "warmup": args.warmup,
@@ -272,6 +301,18 @@ def tables(summary: dict) -> str:
             out.append(f"weak scaling (img/s at n devices / at 1 device), dtype {name}\n\n{head}")
             for n in ns:
                 out[-1] += f"\n| {n} | " + " | ".join(_fmt(w[str(n)][str(b)], 3) for b in bss) + " |"
+    ws = summary.get("workers", [1])
+    if len(ws) > 1:
+        for name in summary["dtypes"]:
+            t = ("| workers x devices | " + " | ".join(f"bs {b}: img/s | weak scaling" for b in bss) + " |\n|---|"
+                 + "---|---|" * len(bss))
+            for w in ws:
+                for n in ns:
+                    cells = summary["metrics_by_workers"][name][str(w)][str(n)]
+                    weak = summary["weak_scaling_by_workers"][name][str(w)][str(n)]
+                    t += f"\n| {w} x {n} | " + " | ".join(f"{_fmt(cells[str(b)][ips])} | {_fmt(weak[str(b)], 3)}"
+                                                         for b in bss) + " |"
+            out.append(f"across worker processes (weak scaling vs 1 worker x 1 device), dtype {name}\n\n{t}")
     for name, s in summary["speedup"].items():
         out.append(f"speedup {name} / float32\n\n{head}")
         for n in ns:
@@ -324,21 +365,23 @@ def main(argv=None) -> int:
     run_dir = args.output.with_name(args.output.stem + "-runs")
     if args.dry_run:
         for d in args.dtype or [None]:
-            for n in args.ngpus:
-                for bs in args.batch_sizes:
-                    print(" ".join(runner_cmd(args, extra, d, n, bs, run_dir / "REPORT.json")))
+            for w in args.workers:
+                for n in args.ngpus:
+                    for bs in args.batch_sizes:
+                        print(" ".join(runner_cmd(args, extra, d, n, bs, run_dir / "REPORT.json", w)))
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     cells = {}
     for d in args.dtype or [None]:
-        for n in args.ngpus:
-            for bs in args.batch_sizes:
-                print(f"benchmark: dtype {d or 'default'}, {n} device(s), batch {bs} per device ...", file=sys.stderr,
-                      flush=True)
-                c = cells[(d, n, bs)] = run_cell(args, extra, d, n, bs, run_dir)
-                ips = (c.get("values") or {}).get(IPS_KEY["inference" if args.only_inference else "train"])
-                print(f"  -> {_fmt(ips)} img/s" if "error" not in c else f"  -> error: {c['error']}",
-                      file=sys.stderr, flush=True)
+        for w in args.workers:
+            for n in args.ngpus:
+                for bs in args.batch_sizes:
+                    print(f"benchmark: dtype {d or 'default'}, {w} worker(s) x {n} device(s), batch {bs} per device "
+                          "...", file=sys.stderr, flush=True)
+                    c = cells[(d, w, n, bs)] = run_cell(args, extra, d, n, bs, run_dir, w)
+                    ips = (c.get("values") or {}).get(IPS_KEY["inference" if args.only_inference else "train"])
+                    print(f"  -> {_fmt(ips)} img/s" if "error" not in c else f"  -> error: {c['error']}",
+                          file=sys.stderr, flush=True)
     summary = summarize(args, extra, cells)
     write_json(args.output, summary)
     plot(summary, plot_path)

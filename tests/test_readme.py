@@ -34,15 +34,15 @@ def all_parser_flags() -> set[str]:
     import data
     import train
     import benchmark
-    from tools import (bench_data, bench_infer, bench_memory, bench_optim, bench_train, check_rec, make_demo_data,
-                       mlperf_score, plot_report, prepare_dataset)
+    from tools import (bench_data, bench_dist, bench_infer, bench_memory, bench_optim, bench_train, check_rec,
+                       make_demo_data, mlperf_score, plot_report, prepare_dataset, scaling_model)
 
     flags = set()
     for parser in (data.build_parser(), prepare_dataset.build_parser(), make_demo_data.build_parser(),
                    bench_data.build_parser(), bench_train.build_parser(), plot_report.build_parser(),
                    benchmark.build_parser(), bench_infer.build_parser(), check_rec.build_parser(),
                    bench_memory.build_parser(), train.build_parser(), runner_parser(), mlperf_score.build_parser(),
-                   bench_optim.build_parser()):
+                   bench_optim.build_parser(), scaling_model.build_parser(), bench_dist.build_parser()):
         for action in parser._actions:
             flags.update(s for s in action.option_strings if s.startswith("--"))
     return flags
@@ -173,6 +173,23 @@ def _mlperf_score(cmd, ctx):
     assert len(score["runs"]) == 5 and score["score_minutes"] > 0 and "result: valid" in res.stdout
 
 
+def _bench_dist(cmd, ctx):
+    out = ctx["tmp"] / "dist.json"
+    res = run(shlex.split(cmd.replace("python", PY, 1).replace("bench-out/dist.json", str(out))) +
+              ["--steps", "2", "--warmup", "0"], check=True, timeout=300)
+    r = json.loads(out.read_text())
+    assert r["tensors"] == 161 and r["values"] == 25_557_032 and len(r["exchange_ms"]) == 2
+    assert "102.2 MB pushed and 102.2 MB pulled" in res.stdout
+
+
+def _scaling_model(cmd, ctx):
+    res = run(shlex.split(cmd.replace("python", PY, 1)), check=True)
+    assert res.stdout.count("Gb/s |") == 4, res.stdout  # the README's table is this output
+    for row in res.stdout.splitlines():
+        if row.startswith("| A100") or row.startswith("| H100"):
+            assert row in README, row
+
+
 def _benchmark(cmd, ctx):
     """The README's sweep, at 32 px and 2 iterations per epoch so that it stays quick (later flags win)."""
     out = ctx["tmp"] / "out.json"
@@ -211,9 +228,11 @@ def _runner(cmd, ctx):
     """The README's runner commands build on each other (train, resume, score): they share one runs/ folder."""
     runs = RUNS.setdefault("dir", ctx["tmp_factory"].mktemp("readme_runs"))
     argv = shlex.split(cmd.replace("data/demo", str(ctx["demo_root"])).replace("runs/quick", str(runs)))
-    extra = [] if "--dry-run" in argv else ["--benchmark-iters", "2"]
+    extra = [] if "--dry-run" in argv or "--benchmark-iters" in argv else ["--benchmark-iters", "2"]
     res = run([ROOT / "runner", *argv[1:], *extra], check=True)
-    if "--only-inference" in argv:
+    if "--workers" in argv:  # a distributed job (tests/test_dist.py has the rest)
+        assert f"the {argv[argv.index('--workers') + 1]} workers hold the same weights" in res.stderr
+    elif "--only-inference" in argv:
         assert "Score[1]: top-1" in res.stderr
     elif "--dry-run" in argv:
         assert "--batch-size 64" in res.stdout and "--cpu-devices 2" in res.stdout
@@ -282,6 +301,8 @@ HANDLERS = {
     "make bench-optim": _make_bench_optim,
     "make mlperf-demo": _make_mlperf_demo,
     "python tools/mlperf_score.py": _mlperf_score,
+    "python tools/scaling_model.py": _scaling_model,
+    "python tools/bench_dist.py": _bench_dist,
     "python benchmark.py": _benchmark,
     "examples/": _example,
     "./runner": _runner,
