@@ -84,11 +84,12 @@ def listening(pids) -> list[str]:
 
 @pytest.fixture(scope="module")
 def equivalence(tmp_path_factory):
-    """2 workers x 1 device x batch 8 against one process with 2 devices x batch 8: the same global batch (16),
-    the same images (synthetic image j of the global batch is the same however the batch is split)."""
+    """2 workers x 1 device x batch 8 (and 1 server) against one process with 2 devices x batch 8: the same global
+    batch (16), the same images (synthetic image j of the global batch is the same however the batch is split)."""
     d = tmp_path_factory.mktemp("dist")
     common = ["-b", "8", "-e", "2", "--benchmark-iters", "3", *SMALL]
-    job = runner("-n", "1", "--workers", "2", *common, "--model-prefix", d / "w", "--report", d / "w.json")
+    job = runner("-n", "1", "--workers", "2", "--servers", "1", *common, "--model-prefix", d / "w", "--report",
+                 d / "w.json")
     ref = runner("-n", "2", *common, "--model-prefix", d / "r", "--report", d / "r.json")
     return d, job, ref
 
@@ -99,7 +100,7 @@ def test_two_workers_match_one_process(equivalence):
     assert job.returncode == 0, job.stderr
     assert ref.returncode == 0, ref.stderr
     report = json.loads((d / "w.json").read_text())
-    assert report["dist"]["workers"] == 2 and report["dist"]["servers"] == 2
+    assert report["dist"]["workers"] == 2 and report["dist"]["servers"] == 1
     assert report["dist"]["weights_identical"] is True, report["dist"]  # every worker holds the same weights
     assert report["global_batch_size"] == 16 and report["status"] == "completed"
     assert report["metrics"]["train.iters"] == [3, 3]
