@@ -22,6 +22,7 @@ Design (see the README's "Multi-node training"):
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -287,19 +288,11 @@ def launch(worker_argv: list[str], env: dict, workers: int, servers: int, timeou
     """Run a job of ``workers`` workers (``worker_argv``, train.py) and ``servers`` servers on this host, all on
     127.0.0.1; return the runner's exit status (0, or the status of the member that failed; 128 + N when the
     runner got signal N)."""
-    folder = Path(tempfile.mkdtemp(prefix="rn50-dist-"))
-    job = Job(folder)
-    got: list[int] = []
-
-    def on_signal(signum, frame):
-        got.append(signum)
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _running_job(timeout) as (job, got):
+        folder = job.folder
         penv = _start_scheduler(job, env, workers, servers)
         if job.members[0].rc is not None:
-            log.error("dist: the %s %s; nothing was started", job.members[0].name(folder), job.members[0].cause())
-            return exit_status(job.members[0].rc) or 1
+            return _scheduler_failed(job)
         for i in range(servers):
             log_path = folder / f"server-{i}.log"
             with open(log_path, "wb") as f:
@@ -313,13 +306,30 @@ def launch(worker_argv: list[str], env: dict, workers: int, servers: int, timeou
             proc = subprocess.Popen(worker_argv, env=wenv, start_new_session=True)
             job.members.append(Member("worker", i, proc))
         return supervise(job, timeout, got)
+
+
+@contextlib.contextmanager
+def _running_job(timeout: float):
+    """A job's folder and its SIGINT/SIGTERM record (``(job, got)``); on the way out every member still running is
+    ended, the handlers are put back and the folder is removed."""
+    job = Job(Path(tempfile.mkdtemp(prefix="rn50-dist-")))
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield job, got
     finally:
         job.end(grace=min(timeout, 5.0))
         for s, h in old.items():
             signal.signal(s, h)
-        for p in folder.iterdir():
+        for p in job.folder.iterdir():
             p.unlink()
-        folder.rmdir()
+        job.folder.rmdir()
+
+
+def _scheduler_failed(job: Job) -> int:
+    m = job.members[0]
+    log.error("dist: the %s %s; nothing was started", m.name(job.folder), m.cause())
+    return exit_status(m.rc) or 1
 
 
 def read_hostfile(path: Path) -> list[str]:
@@ -358,19 +368,11 @@ def launch_hosts(hosts: list[str], addr: str, worker_argv: list[str], env_add: d
                  ssh: list[str], remote_dir: str) -> int:
     """One worker and one server per host over ssh, the scheduler here on ``addr``; supervised as ``launch``.
     ``env_add``: what the runner sets (OpenMP, MXNet); with the DMLC variables it is all the hosts get."""
-    folder = Path(tempfile.mkdtemp(prefix="rn50-dist-"))
-    job = Job(folder)
-    got: list[int] = []
-
-    def on_signal(signum, frame):
-        got.append(signum)
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _running_job(timeout) as (job, got):
+        folder = job.folder
         penv = _start_scheduler(job, dict(os.environ), len(hosts), len(hosts), addr)
         if job.members[0].rc is not None:
-            log.error("dist: the %s %s; nothing was started", job.members[0].name(folder), job.members[0].cause())
-            return exit_status(job.members[0].rc) or 1
+            return _scheduler_failed(job)
         dmlc = {k: v for k, v in penv.items() if k.startswith("DMLC_")}
         for role in ("server", "worker"):
             for i, host in enumerate(hosts):
@@ -388,13 +390,6 @@ def launch_hosts(hosts: list[str], addr: str, worker_argv: list[str], env_add: d
                     proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
                 job.members.append(Member(role, i, proc, log_path, host=host))
         return supervise(job, timeout, got)
-    finally:
-        job.end(grace=min(timeout, 5.0))
-        for s, h in old.items():
-            signal.signal(s, h)
-        for p in folder.iterdir():
-            p.unlink()
-        folder.rmdir()
 
 
 def supervise(job: Job, timeout: float, got: list[int]) -> int:
