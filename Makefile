@@ -15,7 +15,7 @@ DEMO_TRAIN := -n 1 -b 64 -e 30 -l 0.2 --lr-schedule cosine --warmup-epochs 2 --b
               --seed 0 --save-keep 2
 DEMO_ARGS ?=
 
-.PHONY: install install-gpu demo demo-data mlperf-demo test test-fast bench bench-data bench-train bench-infer \
+.PHONY: install install-gpu install-horovod demo demo-data mlperf-demo test test-fast bench bench-data bench-train bench-infer \
         bench-optim clean
 
 install: $(STAMP)
@@ -29,6 +29,14 @@ $(STAMP): requirements.txt constraints.txt
 install-gpu: $(STAMP)
 	$(PY) -m pip uninstall --quiet -y mxnet
 	$(PY) -m pip install --quiet mxnet-cu112==1.9.1 -c constraints.txt
+
+# Horovod for --kv-store horovod: PyPI has only its source, built here against the installed mxnet (Gloo, no MPI; a
+# few minutes). For GPUs add HOROVOD_GPU_OPERATIONS=NCCL with CUDA and NCCL installed, after `make install-gpu`.
+HOROVOD_BUILD ?= HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
+                 HOROVOD_WITHOUT_PYTORCH=1
+install-horovod: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt cmake==3.27.9 cloudpickle==3.1.2 psutil==7.2.2 cffi==2.1.1
+	$(HOROVOD_BUILD) $(PY) -m pip install --quiet --no-build-isolation -c constraints.txt horovod==0.28.1
 
 $(DEMO)/val.rec: | $(STAMP)
 	$(PY) tools/make_demo_data.py --out $(DEMO) --size 32

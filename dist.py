@@ -43,16 +43,53 @@ PORT_TRIES = 5  # the scheduler's port is picked free and may be taken before ps
 # --- worker side ---------------------------------------------------------------------------------------------------
 
 def in_worker() -> bool:
-    """Whether this process is a worker of a distributed job (the launcher set ``DMLC_ROLE``)."""
-    return os.environ.get("DMLC_ROLE") == "worker"
+    """Whether this process is a worker of a distributed job (the launcher set ``DMLC_ROLE``, or Horovod's launcher
+    ``HOROVOD_RANK``)."""
+    return os.environ.get("DMLC_ROLE") == "worker" or "HOROVOD_RANK" in os.environ
+
+
+class HorovodComm:
+    """A Horovod job's worker, in the kvstore's terms the rest of the toolkit uses (``rank``, ``num_workers``,
+    ``type``): gradients are averaged by allreduce inside the optimizer (``hvd.DistributedOptimizer``), so Module
+    gets no kvstore at all."""
+
+    type = "horovod"
+
+    def __init__(self):
+        import horovod.mxnet as hvd
+
+        hvd.init()
+        self.hvd = hvd
+        self.rank, self.num_workers, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+
+    def optimizer(self, opt):
+        """``opt`` wrapped so that its updates average the gradients over the workers first."""
+        return _distributed_optimizer(self.hvd)(opt)
+
+    def allreduce(self, arr, name: str):
+        return self.hvd.allreduce(arr, average=False, name=name)
+
+
+def _distributed_optimizer(hvd):
+    class Distributed(hvd.DistributedOptimizer):
+        """Horovod's optimizer, with the allreduce skipped on a step whose gradients ``exchange`` already averaged
+        (the step's exchange is then timed alone)."""
+
+        exchanged = False
+
+        def _do_allreduce(self, index, grad):
+            if not self.exchanged:
+                super()._do_allreduce(index, grad)
+
+    return Distributed
 
 
 def create_kvstore(kind: str = "dist_sync"):
-    """The job's kvstore (blocks until every process of the job has registered with the scheduler); the worker's
-    rank is written where the launcher looks for it."""
+    """The job's kvstore (blocks until every process of the job has registered with the scheduler), or a Horovod
+    job's ``HorovodComm``; the worker's rank is written where the launcher looks for it."""
     import mxnet as mx
 
-    kv = mx.kv.create(kind)
+    kv = HorovodComm() if kind == "horovod" else mx.kv.create(kind)
     _KEEP.append(kv)  # see release()
     folder, index = os.environ.get("RN50_DIST_DIR"), os.environ.get("RN50_DIST_INDEX")
     if folder and index is not None:
@@ -89,11 +126,14 @@ def label_logs(rank: int) -> None:
 
 def broadcast_params(kv, mod) -> None:
     """Every worker takes rank 0's parameters and batchnorm statistics (``MXNET_UPDATE_ON_KVSTORE=0``: Module
-    initializes the kvstore without pulling them back)."""
+    initializes the kvstore without pulling them back; Horovod has no kvstore)."""
     args, auxs = mod.get_params()
     for prefix, params in (("bcast_arg_", args), ("bcast_aux_", auxs)):
         for name in sorted(params):
-            kv.broadcast(prefix + name, params[name], out=params[name])
+            if isinstance(kv, HorovodComm):
+                kv.hvd.broadcast_(params[name], root_rank=0, name=prefix + name)
+            else:
+                kv.broadcast(prefix + name, params[name], out=params[name])
     mod.set_params(args, auxs, allow_missing=False, force_init=True)
 
 
@@ -106,6 +146,8 @@ def allreduce_sum(kv, key: str, values: list[float]) -> list[float]:
 
     arr = mx.nd.array(values, dtype="float64")
     name = "sum_" + key
+    if isinstance(kv, HorovodComm):
+        return [float(v) for v in kv.allreduce(arr, name).asnumpy()]
     if name not in _SUM_KEYS:
         kv.init(name, mx.nd.zeros(arr.shape, dtype="float64"))
         _SUM_KEYS.add(name)
@@ -125,6 +167,9 @@ def average_aux(kv, mod) -> dict:
     out = {}
     for name in sorted(auxs):
         key = "avg_aux_" + name
+        if isinstance(kv, HorovodComm):
+            out[name] = kv.allreduce(auxs[name], key) / kv.num_workers
+            continue
         if key not in _SUM_KEYS:
             kv.init(key, mx.nd.zeros(auxs[name].shape, dtype=auxs[name].dtype))
             _SUM_KEYS.add(key)
@@ -147,6 +192,73 @@ def weight_checksums(kv, mod) -> list[float]:
         w = args[name].asnumpy().astype(np.float64).ravel()
         total += float(w @ (1.0 + (np.arange(w.size) % 7) / 7.0) + w @ w)
     return allreduce_sum(kv, "checksums", [total if r == kv.rank else 0.0 for r in range(kv.num_workers)])
+
+
+EXCHANGE_EVERY = 20  # one step in this many times its gradient exchange alone (synchronized: no overlap)
+
+
+class StepTimer:
+    """``Module.update`` for a distributed job, timing the gradient exchange (push + pull of every gradient, or
+    Horovod's allreduce) alone on one step in ``EXCHANGE_EVERY``, from an epoch's third on: that step waits for the
+    backward pass to finish, exchanges the gradients, waits for the exchange, then runs the optimizer on them.
+    The other steps run ``Module.update`` unchanged, where MXNet's engine overlaps the exchange with the backward
+    pass. ``bytes`` is what one step pushes (and pulls back) per worker: one copy of every gradient."""
+
+    def __init__(self, kv, mod):
+        import numpy as np
+
+        self.kv, self.mod = kv, mod
+        self.calls, self.times = 0, []
+        group = mod._exec_group
+        self.bytes = sum(g[0].size * np.dtype(g[0].dtype).itemsize for g in group.grad_arrays if g[0] is not None)
+
+    def update(self) -> None:
+        import mxnet as mx
+
+        self.calls += 1
+        if self.calls < 3 or (self.calls - 3) % EXCHANGE_EVERY:
+            self.mod.update()
+            return
+        mx.nd.waitall()
+        t0 = time.perf_counter()
+        self._exchange()
+        mx.nd.waitall()
+        self.times.append(time.perf_counter() - t0)
+        self._optimize()
+
+    def _exchange(self) -> None:
+        group = self.mod._exec_group
+        for i, (name, grads) in enumerate(zip(group.param_names, group.grad_arrays)):
+            if grads[0] is None:
+                continue
+            if isinstance(self.kv, HorovodComm):
+                self.mod._optimizer._do_allreduce(i, grads[0])  # one device per process
+            else:  # what Module.update does with the kvstore (mxnet.model._update_params)
+                self.kv.pushpull(name, grads, priority=-i)
+
+    def _optimize(self) -> None:
+        from mxnet.model import _update_params
+
+        mod = self.mod
+        horovod = isinstance(self.kv, HorovodComm)
+        if horovod:
+            mod._optimizer.exchanged = True  # the gradients are averaged already
+        try:
+            _update_params(mod._exec_group.param_arrays, mod._exec_group.grad_arrays, updater=mod._updater,
+                           num_device=len(mod._context), kvstore=None)
+        finally:
+            if horovod:
+                mod._optimizer.exchanged = False
+        mod._params_dirty = True
+
+
+def per_worker(kv, values: list[float]) -> list[list[float]]:
+    """Every worker's ``values`` (the same count on each), in rank order; every worker calls it."""
+    n = len(values)
+    slots = [0.0] * (n * kv.num_workers)
+    slots[kv.rank * n:(kv.rank + 1) * n] = values
+    flat = allreduce_sum(kv, f"per_worker_{n}", slots)
+    return [flat[r * n:(r + 1) * n] for r in range(kv.num_workers)]
 
 
 def hard_exit(code: int) -> None:
@@ -308,6 +420,39 @@ def launch(worker_argv: list[str], env: dict, workers: int, servers: int, timeou
         return supervise(job, timeout, got)
 
 
+def launch_horovod(worker_argv: list[str], env: dict, procs: int, timeout: float) -> int:
+    """Run a Horovod job of ``procs`` processes (``worker_argv``, train.py) on this host, as horovodrun's Gloo
+    launcher does but with its rendezvous server on 127.0.0.1 (horovodrun's binds every interface) and the
+    processes supervised as ``launch``'s: one that fails ends the rest within ``timeout`` seconds."""
+    import threading
+
+    from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+    from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer
+
+    with _running_job(timeout) as (job, got):
+        server = RendezvousHTTPServer((LOOPBACK, 0), RendezvousHandler, 0)
+        plan = get_host_assignments(parse_hosts(f"localhost:{procs}"), procs)
+        server.init(plan)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            base = {k: v for k, v in env.items() if not k.startswith("HOROVOD_")}
+            port = str(server.server_address[1])
+            base.update(HOROVOD_GLOO_RENDEZVOUS_ADDR=LOOPBACK, HOROVOD_GLOO_RENDEZVOUS_PORT=port,
+                        HOROVOD_CONTROLLER="gloo", HOROVOD_CPU_OPERATIONS="gloo", HOROVOD_GLOO_IFACE="lo",
+                        NCCL_SOCKET_IFNAME="lo", RN50_DIST_DIR=str(job.folder))
+            for slot in plan:
+                wenv = dict(base, HOROVOD_HOSTNAME=slot.hostname, HOROVOD_RANK=str(slot.rank),
+                            HOROVOD_SIZE=str(slot.size), HOROVOD_LOCAL_RANK=str(slot.local_rank),
+                            HOROVOD_LOCAL_SIZE=str(slot.local_size), HOROVOD_CROSS_RANK=str(slot.cross_rank),
+                            HOROVOD_CROSS_SIZE=str(slot.cross_size), RN50_DIST_INDEX=str(slot.rank))
+                proc = subprocess.Popen(worker_argv, env=wenv, start_new_session=True)
+                job.members.append(Member("worker", slot.rank, proc))
+            return supervise(job, timeout, got)
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
 @contextlib.contextmanager
 def _running_job(timeout: float):
     """A job's folder and its SIGINT/SIGTERM record (``(job, got)``); on the way out every member still running is
@@ -424,8 +569,8 @@ def supervise(job: Job, timeout: float, got: list[int]) -> int:
             continue
         failed = [m for m in workers if m.rc not in (None, 0)]
         failed += [m for m in job.members if m.role != "worker" and m.rc not in (None, 0)]
-        if not failed and all(m.rc == 0 for m in job.members if m.role != "worker") and \
-                any(m.rc is None for m in workers):
+        others = [m for m in job.members if m.role != "worker"]  # servers and scheduler (none for Horovod)
+        if not failed and others and all(m.rc == 0 for m in others) and any(m.rc is None for m in workers):
             # the servers stop when rank 0 has passed the exit barrier; the other workers are leaving too
             servers_done = servers_done or time.monotonic()
             if time.monotonic() - servers_done > timeout:

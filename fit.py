@@ -29,6 +29,7 @@ import argparse
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -55,8 +56,9 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1,2,3 (the runner sets this from -n)")
     g.add_argument("--cpu-devices", type=int, default=None,
                    help="number of CPU devices (contexts) when there is no GPU (the runner sets this from -n)")
-    g.add_argument("--kv-store", choices=("device", "local", "dist_sync", "dist_device_sync"), default="device",
-                   help="gradient aggregation (dist_*: set by ./runner --workers, one job of several processes)")
+    g.add_argument("--kv-store", choices=("device", "local", "dist_sync", "dist_device_sync", "horovod"),
+                   default="device", help="gradient aggregation (dist_*: set by ./runner --workers, one job of "
+                                          "several processes; horovod: by ./runner --kv-store horovod)")
     g.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="compute dtype: float16 on GPUs; bfloat16 on CPUs with AVX512_BF16/AMX (fp32 master weights, "
                         "batchnorm statistics and loss)")
@@ -404,9 +406,11 @@ def _next(it):
 
 
 def run_epoch(mod, it, meter: Meter, train: bool, stop: StopFlag | None = None, schedule: Schedule | None = None,
-              on_iter=None, skip: int = 0, scaler: DynamicLossScaler | None = None) -> str:
+              on_iter=None, skip: int = 0, scaler: DynamicLossScaler | None = None, update=None) -> str:
     """One pass over ``it`` (training when ``train``). Returns "done", "stopped" (a signal, seen after the batch in
-    flight) or "diverged". A record that cannot be decoded raises the iterator's ``DataError``."""
+    flight) or "diverged". A record that cannot be decoded raises the iterator's ``DataError``. ``update``: what
+    applies the gradients (default ``mod.update``; a distributed job's ``dist.StepTimer.update``)."""
+    update = update or mod.update
     for _ in range(skip):  # a resumed partial epoch: pass over the batches it had already trained on
         if stop is not None and stop.signum is not None:
             return "stopped"
@@ -424,9 +428,9 @@ def run_epoch(mod, it, meter: Meter, train: bool, stop: StopFlag | None = None, 
         if train:
             mod.forward_backward(feed)
             if scaler is None:
-                mod.update()
+                update()
             else:
-                scaler.step(mod.update)
+                scaler.step(update)
             schedule.step += 1
         else:
             mod.forward(feed, is_train=False)
@@ -460,7 +464,8 @@ def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_d
     name, as NVIDIA's fit.py does, so that MXNet knows the parameter names and, as its Optimizer does then, applies
     no weight decay to biases and batchnorm betas (LARS: nor to batchnorm gammas). Gradients are rescaled by
     1/global batch by Module. ``kv``: a distributed job's kvstore (``dist.py``)."""
-    workers = kv.num_workers if kv is not None else 1
+    horovod = kv is not None and kv.type == "horovod"
+    workers = kv.num_workers if kv is not None and not horovod else 1  # Horovod averages, the servers sum
     if kv is None and num_devices > 1:
         kv = mx.kvstore.create(cfg.kv_store)
     params = {"learning_rate": cfg.lr, "momentum": cfg.mom, "wd": cfg.wd, "multi_precision": True,
@@ -471,6 +476,15 @@ def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_d
         params.update(eta=cfg.lars_eta, eps=0.0)
     if cfg.static_loss_scale != 1.0:  # the symbol's loss gradient is scaled: divide it out with the batch
         params["rescale_grad"] = 1.0 / (mod.data_shapes[0].shape[0] * workers * cfg.static_loss_scale)
+    if horovod:  # no kvstore: the optimizer allreduces; created as Module would create it by name
+        names = mod._exec_group.param_names
+        params.setdefault("rescale_grad", 1.0 / mod.data_shapes[0].shape[0])
+        opt = mx.optimizer.create(name, sym=mod.symbol, param_idx2name={
+            i * num_devices + k: n for i, n in enumerate(names) for k in range(num_devices)}, **params)
+        with warnings.catch_warnings():  # Module's note that rescale_grad is not 1/batch: Horovod's averaging
+            warnings.simplefilter("ignore")
+            mod.init_optimizer(kvstore=None, optimizer=kv.optimizer(opt))
+        return
     mod.init_optimizer(kvstore=kv, optimizer=name, optimizer_params=params)
 
 
@@ -505,6 +519,7 @@ class Trainer:
         self.report, self.global_batch = report, global_batch
         self.writer = writer  # writes the checkpoints (in a distributed job, rank 0 only)
         self.last_good: str | None = None  # the newest complete checkpoint of this run
+        self.timer = None  # a distributed job's dist.StepTimer
 
     def save(self, number: int, batch: int, partial: bool, aux: dict | None = None) -> None:
         """Checkpoint ``number`` (epochs done, or for a partial one the epoch it stopped in, after ``batch``
@@ -613,6 +628,11 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shape
         start = resume.meta.get("loss_scale", cfg.initial_loss_scale) if resume else cfg.initial_loss_scale
         scaler = DynamicLossScaler(mod, start, cfg.amp_scale_window, mod.data_shapes[0].shape[0])
     run = Trainer(cfg, sym, mod, schedule, scaler, report, global_batch, writer=kv is None or kv.rank == 0)
+    if kv is not None:
+        import dist
+
+        run.timer = dist.StepTimer(kv, mod)
+        report.set_dist_exchange(run.timer.bytes, dist.EXCHANGE_EVERY)
     if cfg.model_prefix is not None:
         stale = checkpoint.remove_stale_temporaries(cfg.model_prefix)
         if stale:
@@ -656,9 +676,11 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
         skipped_before = scaler.skipped if scaler else 0
         if mlperf is not None:
             mlperf.epoch_start(epoch)
+        timer = run.timer
         try:
             state = run_epoch(mod, train_it, meter, True, stop, schedule,
-                              _progress(epoch, iters_per_epoch, global_batch, cfg, schedule, meter), skip, scaler)
+                              _progress(epoch, iters_per_epoch, global_batch, cfg, schedule, meter), skip, scaler,
+                              timer.update if timer is not None else None)
         except DataError:
             report.add_epoch(epoch, train=run.train_stats(meter, skipped_before))
             run.save(epoch + 1, skip + len(meter.times), partial=True)
@@ -668,6 +690,8 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
         batches_done = skip + len(meter.times)
         skip = 0
         train_stats = run.train_stats(meter, skipped_before)
+        if timer is not None and state == "done":  # every worker ends its epoch here
+            train_stats["workers"] = _worker_times(kv, meter, timer)
         if state == "diverged":
             report.add_epoch(epoch, train=train_stats)
             if mlperf is not None:
@@ -749,6 +773,33 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
             log.warning("the workers' weights differ: checksums %s", ", ".join(f"{c:.17g}" for c in sums))
     report.save("completed")
     return 0
+
+
+def _worker_times(kv, meter: Meter, timer) -> list[dict]:
+    """Each worker's median step, data wait and gradient exchange times of the epoch, in milliseconds and rank
+    order (the first iterations left out, as from img/s); the exchange's share of the step. Resets the timer for
+    the next epoch (whose third step is timed first)."""
+    import dist
+
+    warm = warmup_iters(len(meter.times))
+    kept = meter.times[warm:] or meter.times
+    mine = [float(np.median(kept)) if kept else float("nan"),
+            float(np.median(meter.data_times[warm:] or meter.data_times)) if kept else float("nan"),
+            float(np.median(timer.times)) if timer.times else float("nan"), float(len(timer.times))]
+    timer.times, timer.calls = [], 0
+    out = []
+    for rank, (step, data_wait, exchange, samples) in enumerate(dist.per_worker(kv, mine)):
+        entry = {"rank": rank, "step_ms": step * 1e3, "data_ms": data_wait * 1e3}
+        if samples:
+            entry.update(exchange_ms=exchange * 1e3, exchange_share=exchange / step if step > 0 else None,
+                         exchange_samples=int(samples))
+        out.append(entry)
+    log.info("workers' median step: %s", "; ".join(
+        f"rank {w['rank']} {w['step_ms']:.1f} ms" + (f" (gradient exchange {w['exchange_ms']:.1f} ms, "
+                                                     f"{100 * w['exchange_share']:.1f}%)"
+                                                     if "exchange_ms" in w and w["exchange_share"] else "")
+        for w in out))
+    return out
 
 
 def _log_epoch(epoch, train, val):

@@ -27,6 +27,11 @@ Top level
                                on success), ``run_minutes``, ``init_start``/``run_start``/``run_stop`` (Unix
                                seconds), ``evals`` (``[{"epoch", "top1"}]``, top-1 as a fraction), ``best_accuracy``,
                                ``eval_period``, ``eval_offset``, ``division``, ``seed``
+    ``dist``            dict   a job of several processes only: ``workers``, ``servers`` (0 for Horovod),
+                               ``kv_store``, ``bytes_pushed_per_step`` / ``bytes_pulled_per_step`` (per worker: one
+                               copy of every gradient each way), ``exchange_timed_every`` (one step in this many
+                               times the gradient exchange alone), ``weight_checksums`` (per worker, rank order, at
+                               the end), ``weights_identical``
 
 Metrics (lists; the first five keys of each split are NVIDIA's)
     ``train.top1``, ``train.top5``  percent, over the whole epoch (absent with ``--no-metrics``)
@@ -40,6 +45,11 @@ Metrics (lists; the first five keys of each split are NVIDIA's)
     ``train.lr``                    learning rate of the last iteration of the epoch
     ``train.loss_scale``            with ``--amp``: the dynamic loss scale at the end of the epoch
     ``train.amp_skipped``           with ``--amp``: updates skipped in the epoch (inf/NaN gradients)
+    ``train.workers``               a job of several processes: per worker, in rank order, ``{"rank", "step_ms",
+                                    "data_ms", "exchange_ms", "exchange_share", "exchange_samples"}``: the median
+                                    step and data wait of the epoch (warmup left out), the median time of the
+                                    gradient exchange alone (push + pull, or allreduce) over the steps that timed it,
+                                    and its share of the step (the exchange keys are absent when no step timed it)
     ``val.top1``, ``val.top5``, ``val.loss``, ``val.time``, ``val.total_ips``, ``val.data_time``, ``val.iters``,
     ``val.warmup_iters``            the same for the validation pass (``val.total_ips`` counts real images only,
                                     not the padding of the last batch)
@@ -59,7 +69,7 @@ from common import write_json
 
 SCHEMA = "rn50-report/1"
 TRAIN_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters", "warmup_iters", "lr", "loss_scale",
-              "amp_skipped")
+              "amp_skipped", "workers")
 VAL_KEYS = ("top1", "top5", "loss", "time", "total_ips", "data_time", "iters", "warmup_iters", "latency_ms_avg",
             "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_p100")
 STATUSES = ("running", "completed", "interrupted", "diverged", "failed", "aborted")
@@ -102,6 +112,12 @@ class Report:
         the workers, ``device`` is one worker's."""
         self.data["dist"] = {"workers": workers, "servers": servers, "kv_store": kv_store}
         self.data["global_batch_size"] = self.data["global_batch_size"] * workers
+
+    def set_dist_exchange(self, bytes_per_step: int, every: int) -> None:
+        """What one step exchanges per worker (pushed, and pulled back, or allreduced), and how often the exchange
+        is timed alone (each epoch's ``train.workers`` hold the times)."""
+        self.data["dist"]["bytes_pushed_per_step"] = self.data["dist"]["bytes_pulled_per_step"] = bytes_per_step
+        self.data["dist"]["exchange_timed_every"] = every
 
     def set_dist_checksums(self, checksums: list[float]) -> None:
         """Each worker's checksum of its weights at the end (rank order), and whether they are all equal."""

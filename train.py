@@ -143,7 +143,7 @@ def main(argv=None) -> int:
 def run(args, stop: StopFlag) -> int:
     mlcfg = config_from(mlperf.MLPerfConfig, args)
     kv, rank, num_workers = None, 0, 1
-    if args.kv_store.startswith("dist"):
+    if args.kv_store.startswith("dist") or args.kv_store == "horovod":
         if not dist.in_worker():
             raise UsageError(f"--kv-store {args.kv_store}: a distributed job is started by the runner: "
                              "./runner --workers W ...")
@@ -152,6 +152,15 @@ def run(args, stop: StopFlag) -> int:
         kv = dist.create_kvstore(args.kv_store)  # waits for the whole job; the rank comes from the scheduler
         rank, num_workers = kv.rank, kv.num_workers
         dist.label_logs(rank)
+        if kv.type == "horovod":  # one device per process: this host's local_rank-th GPU
+            if args.gpus:
+                gpus = [g for g in args.gpus.split(",") if g.strip()]
+                if kv.local_rank >= len(gpus):
+                    raise UsageError(f"--gpus {args.gpus}: no GPU for local rank {kv.local_rank}")
+                args.gpus = gpus[kv.local_rank]
+            elif (args.cpu_devices or 1) != 1:
+                raise UsageError("--kv-store horovod: one device per process (the runner starts one process per "
+                                 "device)")
         if rank != 0:  # rank 0 writes the checkpoints and the report
             args.report = None
     contexts = resolve_contexts(args.gpus, args.cpu_devices)

@@ -104,6 +104,14 @@ def test_two_workers_match_one_process(equivalence):
     assert report["dist"]["weights_identical"] is True, report["dist"]  # every worker holds the same weights
     assert report["global_batch_size"] == 16 and report["status"] == "completed"
     assert report["metrics"]["train.iters"] == [3, 3]
+    # per worker and epoch: the median step and the gradient exchange alone (the third step of each epoch timed it)
+    assert report["dist"]["bytes_pushed_per_step"] == 4 * sum(v.size for k, v in params(d / "w-0002.params").items()
+                                                              if k.startswith("arg:"))
+    for epoch in report["metrics"]["train.workers"]:
+        assert [w["rank"] for w in epoch] == [0, 1]
+        for w in epoch:
+            assert w["exchange_samples"] == 1 and 0 < w["exchange_ms"] < w["step_ms"], w
+            assert w["exchange_share"] == pytest.approx(w["exchange_ms"] / w["step_ms"])
     # ... and they are one process's, with the same global batch and the same images, to float rounding
     assert max_diff(params(d / "w-0002.params"), params(d / "r-0002.params")) < 1e-5
     assert "[rank 0]" in job.stderr and "[rank 1] INFO" not in job.stderr  # rank 0 speaks for the job
@@ -329,9 +337,90 @@ def test_scaling_model_by_hand(capsys):
     assert "| A100 (3,399, 408) | 100 Gb/s | 1.93 (97%) | 7.55 (94%) |" in out and "102 MB pushed" in out
 
 
-def test_horovod_is_a_clear_usage_error(capsys):
+def horovod_imports() -> bool:
+    try:
+        import horovod.mxnet  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def test_horovod_missing_is_a_clear_usage_error(capsys, monkeypatch):
+    """Where horovod.mxnet does not import (None in sys.modules makes Python refuse the import, as it does where
+    Horovod is not installed, whether it is here or not), one line says how to build it."""
+    import sys
+
     from test_config import call, runner_module
 
-    assert call(runner_module().main, ["-n", "1", "-b", "8", "--kv-store", "horovod", "--dry-run"]) == 2
+    monkeypatch.setitem(sys.modules, "horovod.mxnet", None)
+    assert call(runner_module().main, ["-n", "1", "-b", "8", "--kv-store", "horovod"]) == 2
     err = capsys.readouterr().err
-    assert "--kv-store horovod needs Horovod built with MXNet support" in err and len(err.splitlines()) == 1
+    assert "--kv-store horovod: horovod.mxnet does not import here" in err and "HOROVOD_WITH_MXNET=1" in err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_horovod_dry_runs(tmp_path, capsys):
+    """One process per device, on this host (the rendezvous on 127.0.0.1) or through horovodrun on a host file's
+    hosts; the batch is per process and the LR the global batch's."""
+    from test_config import runner_module
+
+    r = runner_module()
+    assert r.main(["-n", "2", "-b", "8", "-l", "0.256", "--kv-store", "horovod", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 Horovod processes on 127.0.0.1" in out and "--cpu-devices 1" in out and "OMP_NUM_THREADS=1" in out
+    assert "--batch-size 8 " in out and "--lr 0.016 " in out and "--kv-store horovod" in out
+    (tmp_path / "hosts").write_text("node1 slots=8\nnode2 slots=8\n")
+    assert r.main(["-n", "8", "-b", "208", "--kv-store", "horovod", "--hostfile", str(tmp_path / "hosts"),
+                   "--dry-run", "--assume-gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "horovodrun --gloo -np 16 -H node1:8,node2:8 " in out and "MXNET_UPDATE_ON_KVSTORE=0" in out
+    assert "--batch-size 208 " in out and "--gpus 0,1,2,3,4,5,6,7" in out  # each takes its local rank's GPU
+    assert f"--lr {0.1 * 16 * 208 / 256!r} " in out
+
+
+needs_horovod = pytest.mark.skipif(not horovod_imports(), reason="horovod.mxnet does not import here (Horovod is "
+                                                                  "not installed; see the README)")
+
+
+@pytest.mark.e2e
+@needs_horovod
+def test_horovod_matches_one_process(equivalence, tmp_path):
+    """--kv-store horovod: 2 processes of batch 8 (allreduce, Gloo on 127.0.0.1) end with the weights of one
+    process with 2 devices x batch 8, as the parameter-server job does."""
+    d, _, ref = equivalence
+    job = runner("-n", "2", "--kv-store", "horovod", "-b", "8", "-e", "2", "--benchmark-iters", "3", *SMALL,
+                 "--model-prefix", tmp_path / "h", "--report", tmp_path / "h.json")
+    assert job.returncode == 0, job.stderr
+    report = json.loads((tmp_path / "h.json").read_text())
+    assert report["dist"]["kv_store"] == "horovod" and report["dist"]["workers"] == 2
+    assert report["dist"]["weights_identical"] is True and report["global_batch_size"] == 16
+    assert all(w["exchange_ms"] > 0 for epoch in report["metrics"]["train.workers"] for w in epoch)
+    assert max_diff(params(tmp_path / "h-0002.params"), params(d / "r-0002.params")) < 1e-5
+
+
+@pytest.mark.e2e
+@needs_horovod
+def test_horovod_killed_worker_ends_the_job():
+    p = subprocess.Popen([str(ROOT / "runner"), "-n", "2", "-b", "8", "--kv-store", "horovod", "-e", "1",
+                          "--benchmark-iters", "500", *SMALL, "--dist-timeout", "5"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err, job, killed_at, seen = [], [], None, []
+    try:
+        for line in p.stderr:
+            err.append(line)
+            if killed_at is None and "Batch[2/500]" in line:
+                job = children(p.pid)
+                seen = listening([p.pid, *job])
+                os.kill(job[1], signal.SIGKILL)
+                killed_at = time.monotonic()
+        rc = p.wait(timeout=60)
+        ended = time.monotonic() - killed_at
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert killed_at is not None, "".join(err)
+    assert rc == 128 + signal.SIGKILL, "".join(err)
+    failure = [ln for ln in err if "ERROR dist:" in ln]
+    assert len(failure) == 1 and "was killed by SIGKILL" in failure[0], "".join(err)
+    assert ended < 5 + 10 and alive(job) == []
+    assert seen and all(a.startswith("127.0.0.1:") for a in seen), seen  # the rendezvous and Gloo's sockets

@@ -15,8 +15,9 @@ MANUAL = "\n".join([README, *DOCS.values()])  # the README and docs/: both are c
 COMMANDS = [line.strip() for text in (README, *DOCS.values()) for block in re.findall(r"```bash\n(.*?)```", text, re.S)
             for line in block.splitlines() if line.strip() and not line.startswith("#")]
 # Flags of other programs the README mentions by name (im2rec.py's, NVIDIA's --test-io, docker's, the MLPerf
-# compliance checker's --usage).
-EXTERNAL_FLAGS = {"--list", "--recursive", "--pass-through", "--test-io", "--rm", "--ipc", "--build-arg", "--usage"}
+# compliance checker's --usage, horovodrun's --gloo).
+EXTERNAL_FLAGS = {"--list", "--recursive", "--pass-through", "--test-io", "--rm", "--ipc", "--build-arg", "--usage",
+                  "--gloo"}
 
 
 def runner_parser():
@@ -229,9 +230,17 @@ def _runner(cmd, ctx):
     runs = RUNS.setdefault("dir", ctx["tmp_factory"].mktemp("readme_runs"))
     argv = shlex.split(cmd.replace("data/demo", str(ctx["demo_root"])).replace("runs/quick", str(runs)))
     extra = [] if "--dry-run" in argv or "--benchmark-iters" in argv else ["--benchmark-iters", "2"]
+    if "horovod" in argv:  # a Horovod job where Horovod is built (make install-horovod), one line where it is not
+        from test_dist import horovod_imports
+
+        if not horovod_imports():
+            res = run([ROOT / "runner", *argv[1:], *extra])
+            assert res.returncode == 2 and "horovod.mxnet does not import here" in res.stderr, res.stderr
+            return
     res = run([ROOT / "runner", *argv[1:], *extra], check=True)
-    if "--workers" in argv:  # a distributed job (tests/test_dist.py has the rest)
-        assert f"the {argv[argv.index('--workers') + 1]} workers hold the same weights" in res.stderr
+    if "--workers" in argv or "horovod" in argv:  # a distributed job (tests/test_dist.py has the rest)
+        workers = argv[argv.index("--workers" if "--workers" in argv else "-n") + 1]
+        assert f"the {workers} workers hold the same weights" in res.stderr
     elif "--only-inference" in argv:
         assert "Score[1]: top-1" in res.stderr
     elif "--dry-run" in argv:
@@ -253,6 +262,12 @@ def _plot(cmd, ctx):
 def _train_help(cmd, ctx):
     out = run(shlex.split(cmd.replace("python", PY, 1)), check=True).stdout
     assert "--lr-step-epochs" in out and "--data-backend" in out
+
+
+def _make_install_horovod(cmd, ctx):
+    res = run(shlex.split(cmd) + ["-n"], check=True)  # dry run: the build takes minutes (and is run where it is used)
+    assert "HOROVOD_WITH_MXNET=1" in res.stdout and "--no-build-isolation" in res.stdout
+    assert "horovod==0.28.1" in res.stdout
 
 
 def _make_install_gpu(cmd, ctx):
@@ -294,6 +309,7 @@ HANDLERS = {
     "python tools/check_rec.py": _check_rec,
     "python tools/bench_memory.py": _bench_memory,
     "make install-gpu": _make_install_gpu,
+    "make install-horovod": _make_install_horovod,
     "make bench-data": _make_bench_data,
     "make bench": _make_bench,
     "make bench-infer": _make_bench_infer,
