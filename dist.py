@@ -19,17 +19,20 @@ Design (see the README's "Multi-node training"):
   succeeds leaves normally, which is what stops the servers and the scheduler.
 * SIGINT/SIGTERM to the runner go to rank 0 only (the children have their own sessions, so a terminal's Ctrl-C
   reaches the runner alone): rank 0 stops after its batch, checkpoints and exits; the launcher then ends the rest.
+  Over ssh, rank 0 is the worker whose output first says ``[rank 0]``, and it gets a Ctrl-C through its terminal.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -424,8 +427,6 @@ def launch_horovod(worker_argv: list[str], env: dict, procs: int, timeout: float
     """Run a Horovod job of ``procs`` processes (``worker_argv``, train.py) on this host, as horovodrun's Gloo
     launcher does but with its rendezvous server on 127.0.0.1 (horovodrun's binds every interface) and the
     processes supervised as ``launch``'s: one that fails ends the rest within ``timeout`` seconds."""
-    import threading
-
     from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
     from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer
 
@@ -531,10 +532,45 @@ def launch_hosts(hosts: list[str], addr: str, worker_argv: list[str], env_add: d
                     with open(log_path, "wb") as f:
                         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                                                 stdin=subprocess.DEVNULL)
-                else:
-                    proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL)
+                else:  # its terminal's output is relayed (and read for the rank); its input can send Ctrl-C
+                    proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                    threading.Thread(target=_relay, args=(proc.stdout, folder / f"rank-{i}"), daemon=True).start()
                 job.members.append(Member(role, i, proc, log_path, host=host))
         return supervise(job, timeout, got)
+
+
+RANK_IN_LOG = re.compile(rb"\[rank (\d+)\]")
+
+
+def _relay(stream, rank_file: Path) -> None:
+    """Copy a remote worker's output (its ssh terminal: stdout and stderr) to ours, writing its rank to
+    ``rank_file`` from the first log line that names it (rank 0 logs from the start; the others only warnings)."""
+    for line in iter(stream.readline, b""):
+        if not rank_file.exists():
+            found = RANK_IN_LOG.search(line)
+            if found:
+                tmp = rank_file.with_suffix(".tmp")
+                tmp.write_text(found.group(1).decode())
+                os.replace(tmp, rank_file)
+        try:
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _interrupt(member: Member, sig: int) -> None:
+    """Pass ``sig`` on to one member: a signal to a local process's group; over ssh (a terminal, -tt), Ctrl-C typed
+    into it, which the host's terminal turns into SIGINT for the remote process."""
+    if member.host is None:
+        _signal_group(member.proc, sig)
+        return
+    try:
+        member.proc.stdin.write(b"\x03")
+        member.proc.stdin.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def supervise(job: Job, timeout: float, got: list[int]) -> int:
@@ -546,19 +582,14 @@ def supervise(job: Job, timeout: float, got: list[int]) -> int:
         if got and forwarded is None:
             forwarded = got[0]
             target = job.rank0()
-            if any(m.host for m in job.members):
-                log.error("dist: %s: ending the job on its hosts (over ssh, rank 0 is not known here, so no "
-                          "checkpoint is written now: the newest is the last --save-period one)",
-                          signal.Signals(forwarded).name)
-                job.end(timeout)
-                return 128 + forwarded
             if target is None or target.rc is not None:  # rank 0 unknown yet (start-up): nothing to save
                 log.error("dist: %s before training started; ending the job", signal.Signals(forwarded).name)
                 job.end(timeout)
                 return 128 + forwarded
             log.info("dist: %s goes to %s, which checkpoints and stops; the rest are ended then",
-                     signal.Signals(forwarded).name, target.name(folder))
-            _signal_group(target.proc, forwarded)
+                     signal.Signals(forwarded).name if target.host is None else "SIGINT (Ctrl-C over ssh)",
+                     target.name(folder))
+            _interrupt(target, forwarded)
             deadline = time.monotonic() + timeout + 600  # rank 0 finishes its batch and writes a checkpoint
         if forwarded is not None:
             target = job.rank0()

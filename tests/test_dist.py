@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -241,26 +242,35 @@ def test_train_refuses_a_dist_kvstore_outside_a_job(capsys):
 
 
 FAKE_SSH = """#!/usr/bin/env bash
-# ssh's stand-in: logs its arguments, skips the options, runs the command on this machine
+# ssh's stand-in: logs its arguments, skips the options, runs the command on this machine; with -tt in a terminal of
+# its own (script(1)), as ssh -tt runs it on the host, so that a Ctrl-C written to its input interrupts the command
 echo "$@" >> "$FAKE_SSH_LOG"
+tty=
 while [[ $# -gt 0 && "$1" == -* ]]; do
+  if [[ "$1" == -tt ]]; then tty=1; fi
   if [[ "$1" == -o ]]; then shift; fi
   shift
 done
 shift  # the host
+if [[ -n "$tty" ]]; then exec script -qefc "$*" /dev/null; fi
 exec bash -c "$*"
 """
+
+
+def fake_hosts(tmp_path: Path) -> tuple[Path, Path]:
+    ssh = tmp_path / "ssh"
+    ssh.write_text(FAKE_SSH)
+    ssh.chmod(0o755)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 slots=8\n# the second host\n127.0.0.1\n")
+    return ssh, hosts
 
 
 @pytest.mark.e2e
 def test_hostfile_over_ssh(tmp_path):
     """--hostfile: one server and one worker per host over ssh (here a stand-in that runs the command locally, both
     "hosts" being 127.0.0.1), the environment passed explicitly, the scheduler on --dist-addr."""
-    ssh = tmp_path / "ssh"
-    ssh.write_text(FAKE_SSH)
-    ssh.chmod(0o755)
-    hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.1 slots=8\n# the second host\n127.0.0.1\n")
+    ssh, hosts = fake_hosts(tmp_path)
     res = run([ROOT / "runner", "-n", "1", "-b", "8", "--hostfile", hosts, "--dist-addr", "127.0.0.1", "--ssh",
                f"{ssh} -o BatchMode=yes -tt", "-e", "1", "--benchmark-iters", "2", *SMALL, "--report",
                tmp_path / "r.json"], env={"FAKE_SSH_LOG": str(tmp_path / "ssh.log"), "OMP_NUM_THREADS": "1"},
@@ -271,6 +281,36 @@ def test_hostfile_over_ssh(tmp_path):
     assert sum("DMLC_ROLE=worker" in c for c in calls) == 2 and all("DMLC_PS_ROOT_URI=127.0.0.1" in c for c in calls)
     assert all("OMP_NUM_THREADS=1" in c for c in calls)
     assert json.loads((tmp_path / "r.json").read_text())["dist"]["weights_identical"] is True
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) (util-linux) gives the stand-in ssh a terminal")
+def test_hostfile_sigterm_checkpoints_on_rank_0(tmp_path):
+    """SIGTERM to the runner of a --hostfile job: rank 0 (known from its output) gets a Ctrl-C through its ssh
+    terminal, writes a partial checkpoint and stops; the runner ends the rest and leaves nothing running."""
+    ssh, hosts = fake_hosts(tmp_path)
+    env = dict(os.environ, FAKE_SSH_LOG=str(tmp_path / "ssh.log"), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([str(ROOT / "runner"), "-n", "1", "-b", "8", "--hostfile", hosts, "--dist-addr", "127.0.0.1",
+                          "--ssh", f"{ssh} -o BatchMode=yes -tt", "-e", "1", "--benchmark-iters", "500", *SMALL,
+                          "--dist-timeout", "5", "--model-prefix", tmp_path / "m"], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err, job = [], []
+    try:
+        for line in p.stderr:
+            err.append(line)
+            if not job and "Batch[2/500]" in line:
+                job = [c for pid in children(p.pid) for c in [pid, *children(pid)]]
+                p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    text = "".join(err)
+    assert rc == 128 + signal.SIGTERM, text
+    assert "SIGINT (Ctrl-C over ssh) goes to worker on 127.0.0.1" in text, text
+    assert (tmp_path / "m-0001-partial.params").is_file() and (tmp_path / "m-0001-partial.json").is_file(), text
+    time.sleep(1)
+    assert alive(job) == []
 
 
 @pytest.mark.parametrize("hostfile,flags,message", [
