@@ -47,6 +47,13 @@ def _dali():
     return nd, plugin
 
 
+def preload() -> None:
+    """Load DALI's libraries now. A process that imports ``horovod.mxnet`` must load DALI first: the other way round
+    (Horovod 0.28.1 built against mxnet 1.9.1, DALI 1.35), DALI's first pipeline aborts the process with glibc's
+    "free(): invalid size"."""
+    _dali()
+
+
 def add_dali_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g = parser.add_argument_group("DALI", "DALI pipelines (dali-gpu and dali-cpu backends only)")
     g.add_argument("--dali-threads", type=int, default=None,
@@ -145,15 +152,26 @@ def _train_graph(cfg: DataConfig, shard_id: int, num_shards: int):
 
 
 def _val_graph(cfg: DataConfig, shard_id: int, num_shards: int):
-    fn, types = _dali()[0].fn, _dali()[0].types
+    fn = _dali()[0].fn
     d = cfg.dali
     jpegs, labels = fn.readers.mxnet(path=[str(cfg.data_val)], index_path=[str(cfg.data_val_idx)],
                                      random_shuffle=False, shard_id=shard_id, num_shards=num_shards,
                                      pad_last_batch=True, stick_to_shard=True, dont_use_mmap=d.dali_dont_use_mmap,
                                      name="Reader")
-    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_args(d))
+    return _val_ops(jpegs, cfg), labels
+
+
+def _val_ops(jpegs, cfg: DataConfig):
+    """Validation's preprocessing of encoded images: decode, resize the shorter side, center crop, normalize."""
+    fn, types = _dali()[0].fn, _dali()[0].types
+    images = fn.decoders.image(jpegs, output_type=types.RGB, **_decoder_args(cfg.dali))
     images = fn.resize(images, resize_shorter=cfg.data_val_resize)
-    return _normalize(images, cfg, 0), labels
+    return _normalize(images, cfg, 0)
+
+
+def _fed_val_graph(cfg: DataConfig):
+    fn, types = _dali()[0].fn, _dali()[0].types
+    return _val_ops(fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1), cfg)
 
 
 def train_pipeline(cfg: DataConfig, shard_id: int, num_shards: int, **pipeline_kwargs):
@@ -164,6 +182,12 @@ def train_pipeline(cfg: DataConfig, shard_id: int, num_shards: int, **pipeline_k
 def val_pipeline(cfg: DataConfig, shard_id: int, num_shards: int, **pipeline_kwargs):
     """The validation pipeline of one shard."""
     return _dali()[0].pipeline_def(_val_graph)(cfg, shard_id, num_shards, **pipeline_kwargs)
+
+
+def fed_val_pipeline(cfg: DataConfig, **pipeline_kwargs):
+    """Validation's preprocessing for encoded images fed by the caller (``feed_input("jpegs", [uint8 arrays])``)
+    rather than read from ``val.rec``: what the LoadGen sample library loads its samples with."""
+    return _dali()[0].pipeline_def(_fed_val_graph)(cfg, **pipeline_kwargs)
 
 
 def time_pipeline(cfg: DataConfig, train: bool, iters: int, warmup: int = 5, device_id: int | None = None) -> float:

@@ -316,6 +316,19 @@ class Member:
         return text
 
 
+EXTERNAL_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def likely_cause(m: "Member") -> int:
+    """Of several failures seen in the same poll, the one to name comes first: a process killed from outside, then
+    one that crashed (a signal of its own), then one that exited with an error, which is most often the others'
+    lost connection (a Horovod peer whose partner was killed fails within milliseconds: "Connection reset by
+    peer")."""
+    if m.rc is not None and m.rc < 0:
+        return 0 if -m.rc in EXTERNAL_SIGNALS else 1
+    return 2
+
+
 def exit_status(rc: int) -> int:
     return 128 - rc if rc < 0 else rc
 
@@ -611,7 +624,7 @@ def supervise(job: Job, timeout: float, got: list[int]) -> int:
                 job.end(timeout)
                 return 1
         if failed:
-            m = failed[0]
+            m = min(failed, key=likely_cause)
             log.error("dist: %s %s; ending the job's %d other process(es)", m.name(folder), m.cause(),
                       sum(1 for x in job.members if x.rc is None))
             t0 = time.monotonic()

@@ -149,6 +149,8 @@ def run(args, stop: StopFlag) -> int:
                              "./runner --workers W ...")
         if mlcfg.mlperf:
             raise UsageError("--mlperf runs in one process; it does not take --workers yet")
+        if args.kv_store == "horovod" and (args.data_backend or "dali").startswith("dali"):
+            dali.preload()  # before Horovod's libraries, or DALI's first pipeline aborts the process
         kv = dist.create_kvstore(args.kv_store)  # waits for the whole job; the rank comes from the scheduler
         rank, num_workers = kv.rank, kv.num_workers
         dist.label_logs(rank)

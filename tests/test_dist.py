@@ -4,6 +4,7 @@ a signal to the runner, resume from the job's checkpoint, and where the sockets 
 the launcher ends its job by itself."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run
+from conftest import PY, ROOT, run
 
 SMALL = ["--data-backend", "synthetic", "--image-shape", "3,32,32", "--num-classes", "10", "--no-val", "--seed", "3",
          "--disp-batches", "1"]
@@ -377,12 +378,29 @@ def test_scaling_model_by_hand(capsys):
     assert "| A100 (3,399, 408) | 100 Gb/s | 1.93 (97%) | 7.55 (94%) |" in out and "102 MB pushed" in out
 
 
+def test_a_killed_process_is_named_before_the_peer_it_took_down(tmp_path, caplog):
+    """Two failures seen in the same poll (a Horovod peer fails within milliseconds of its partner's SIGKILL): the
+    supervisor names the killed process and exits with its status, not the peer's error exit."""
+    import dist
+
+    killed = subprocess.Popen(["sleep", "60"])
+    peer = subprocess.Popen([PY, "-c", "import sys; sys.exit(1)"])
+    peer.wait()
+    killed.kill()
+    killed.wait()
+    job = dist.Job(tmp_path, [dist.Member("worker", 0, peer), dist.Member("worker", 1, killed)])
+    with caplog.at_level("ERROR", logger="dist"):
+        assert dist.supervise(job, 5, []) == 128 + signal.SIGKILL
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith(f"dist: worker 1 (pid {killed.pid}, before it had a rank) was killed by SIGKILL"), line
+
+
+@functools.lru_cache(maxsize=None)
 def horovod_imports() -> bool:
-    try:
-        import horovod.mxnet  # noqa: F401
-    except Exception:
-        return False
-    return True
+    """Whether ``horovod.mxnet`` imports here, asked of another process: Horovod's libraries loaded into this one
+    would make a later in-process DALI pipeline abort it (see ``dali.preload``)."""
+    res = subprocess.run([PY, "-c", "import horovod.mxnet"], capture_output=True, timeout=120)
+    return res.returncode == 0
 
 
 def test_horovod_missing_is_a_clear_usage_error(capsys, monkeypatch):
@@ -436,6 +454,18 @@ def test_horovod_matches_one_process(equivalence, tmp_path):
     assert report["dist"]["weights_identical"] is True and report["global_batch_size"] == 16
     assert all(w["exchange_ms"] > 0 for epoch in report["metrics"]["train.workers"] for w in epoch)
     assert max_diff(params(tmp_path / "h-0002.params"), params(d / "r-0002.params")) < 1e-5
+
+
+@pytest.mark.e2e
+@needs_horovod
+def test_horovod_job_reads_dali_data(demo_root, tmp_path):
+    """A Horovod job on the dali-cpu backend (DALI loaded before Horovod: the other order aborts every process)."""
+    job = runner("-n", "2", "--kv-store", "horovod", "-b", "8", "-e", "1", "--benchmark-iters", "2", "--no-val",
+                 "--data-root", demo_root, "--data-backend", "dali-cpu", "--image-shape", "3,32,32", "--num-classes",
+                 "10", "--report", tmp_path / "h.json")
+    assert job.returncode == 0, job.stderr
+    report = json.loads((tmp_path / "h.json").read_text())
+    assert report["status"] == "completed" and report["metrics"]["train.iters"] == [2]
 
 
 @pytest.mark.e2e
