@@ -16,7 +16,7 @@ DEMO_TRAIN := -n 1 -b 64 -e 30 -l 0.2 --lr-schedule cosine --warmup-epochs 2 --b
 DEMO_ARGS ?=
 
 .PHONY: install install-gpu install-horovod demo demo-data mlperf-demo test test-fast bench bench-data bench-train bench-infer \
-        bench-optim clean
+        bench-optim bench-loadgen clean
 
 install: $(STAMP)
 
@@ -72,10 +72,13 @@ bench-train: $(STAMP)
 bench-infer: $(STAMP)
 	$(PY) tools/bench_infer.py $(BENCH_INFER_ARGS)
 
+bench-loadgen: $(STAMP)
+	$(PY) tools/bench_loadgen.py $(BENCH_LOADGEN_ARGS)
+
 bench-optim: $(STAMP)
 	$(PY) tools/bench_optim.py $(BENCH_OPTIM_ARGS)
 
-bench: bench-train bench-infer bench-data bench-optim
+bench: bench-train bench-infer bench-data bench-optim bench-loadgen
 
 clean:
 	rm -rf $(DEMO) $(RUNS) $(MLPERF_OUT) .pytest_cache bench-out

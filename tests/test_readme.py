@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -35,15 +36,18 @@ def all_parser_flags() -> set[str]:
     import data
     import train
     import benchmark
-    from tools import (bench_data, bench_dist, bench_infer, bench_memory, bench_optim, bench_train, check_rec,
-                       make_demo_data, mlperf_score, plot_report, prepare_dataset, scaling_model)
+    import loadgen
+    from tools import (bench_data, bench_dist, bench_infer, bench_loadgen, bench_memory, bench_optim, bench_train,
+                       check_rec, export_onnx, make_demo_data, mlperf_score, plot_report, prepare_dataset,
+                       scaling_model)
 
     flags = set()
     for parser in (data.build_parser(), prepare_dataset.build_parser(), make_demo_data.build_parser(),
                    bench_data.build_parser(), bench_train.build_parser(), plot_report.build_parser(),
                    benchmark.build_parser(), bench_infer.build_parser(), check_rec.build_parser(),
                    bench_memory.build_parser(), train.build_parser(), runner_parser(), mlperf_score.build_parser(),
-                   bench_optim.build_parser(), scaling_model.build_parser(), bench_dist.build_parser()):
+                   bench_optim.build_parser(), scaling_model.build_parser(), bench_dist.build_parser(),
+                   loadgen.build_parser(), export_onnx.build_parser(), bench_loadgen.build_parser()):
         for action in parser._actions:
             flags.update(s for s in action.option_strings if s.startswith("--"))
     return flags
@@ -117,13 +121,15 @@ def _make_bench_data(cmd, ctx):
 
 
 def _make_bench(cmd, ctx):
-    """`make bench` is the four benchmarks in a row; each runs for real under its own README command, so here
-    make's dry run shows the four tools called with the arguments given."""
+    """`make bench` is the five benchmarks in a row; each runs for real under its own README command, so here
+    make's dry run shows the five tools called with the arguments given."""
     res = run(shlex.split(cmd) + ["-n", "BENCH_TRAIN_ARGS=--repeats 1", "BENCH_INFER_ARGS=-b 1",
-                                  "BENCH_DATA_ARGS=--images 8", "BENCH_OPTIM_ARGS=--rounds 1"], check=True)
+                                  "BENCH_DATA_ARGS=--images 8", "BENCH_OPTIM_ARGS=--rounds 1",
+                                  "BENCH_LOADGEN_ARGS=--rounds 1"], check=True)
     calls = [ln for ln in res.stdout.splitlines() if "tools/bench_" in ln]
     assert [c.split("tools/")[1] for c in calls] == ["bench_train.py --repeats 1", "bench_infer.py -b 1",
-                                                     "bench_data.py --images 8", "bench_optim.py --rounds 1"], res.stdout
+                                                     "bench_data.py --images 8", "bench_optim.py --rounds 1",
+                                                     "bench_loadgen.py --rounds 1"], res.stdout
 
 
 def _make_bench_infer(cmd, ctx):
@@ -145,6 +151,17 @@ def _make_bench_optim(cmd, ctx):
     res = run(shlex.split(cmd) + [f"BENCH_OPTIM_ARGS=--image-size 32 -b 4 --update-iters 2 --step-iters 1 --rounds 1 "
                                   f"-o {out}"], check=True, timeout=900)
     assert "| sgd | " in res.stdout and "| lars host | " in res.stdout and out.is_file()
+
+
+def _make_bench_loadgen(cmd, ctx):
+    """The whole benchmark at 32 px with one round and one Server run of a second each."""
+    out = ctx["tmp"] / "loadgen.json"
+    res = run(shlex.split(cmd) + [f"BENCH_LOADGEN_ARGS=--image-size 32 --images 8 -b 4 --time 0.5 --rounds 1 "
+                                  f"--server-steps 1 -o {out}"], check=True, timeout=900)
+    r = json.loads(out.read_text())
+    assert "Offline / --only-inference: " in res.stdout and "| SingleStream (p90 latency) |" in res.stdout
+    assert r["overhead"]["ratio_of_medians"] > 0 and set(r["scenarios"]) == {"mxnet", "onnxruntime"}
+    assert len(r["scenarios"]["mxnet"]["Server"]["tried"]) == 1
 
 
 MLPERF = {}
@@ -205,7 +222,9 @@ def _example(cmd, ctx):
     argv = shlex.split(cmd.replace("data/demo", str(ctx["demo_root"])))
     script, tmp = ROOT / argv[0], ctx["tmp"]
     tiny = ["--image-shape", "3,32,32", "--num-classes", "10"]
-    if "--dry-run" in argv:
+    if "LOADGEN" in script.name:
+        _loadgen_example(script, argv, ctx)
+    elif "--dry-run" in argv:
         res = run([script, *argv[1:]], check=True)
         assert "train.py" in res.stdout or "runner" in res.stdout
     elif "SCORE" in script.name:
@@ -223,6 +242,48 @@ def _example(cmd, ctx):
 
 
 RUNS = {}
+
+
+def _quick_runs(argv):
+    runs = RUNS.get("dir")
+    assert runs is not None, "the README's training commands come before the commands that use runs/quick"
+    return [str(a).replace("runs/quick", str(runs)) for a in argv]
+
+
+def _loadgen_example(script, argv, ctx):
+    """The GPU scripts by dry run (the loadgen.py commands they would run), the CPU one for real: its performance
+    run and its accuracy run, in OUT."""
+    out = ctx["tmp"] / "loadgen_example"
+    res = run([script, *_quick_runs(argv[1:])], env={"OUT": str(out)}, check=True, timeout=600)
+    if "--dry-run" in argv:
+        assert "loadgen.py" in res.stdout and "--dtype float16" in res.stdout
+        return
+    scenario = argv[1]
+    perf = json.loads((out / "performance" / "summary.json").read_text())
+    acc = json.loads((out / "accuracy" / "summary.json").read_text())
+    assert (perf["scenario"], perf["mode"], perf["status"]) == (scenario, "PerformanceOnly", "completed")
+    assert acc["mode"] == "AccuracyOnly" and acc["accuracy"]["total"] == 360
+
+
+def _loadgen(cmd, ctx):
+    argv = shlex.split(cmd.replace("python", PY, 1).replace("data/demo", str(ctx["demo_root"])))
+    argv = [a.replace("runs/loadgen", str(ctx["tmp"] / "loadgen")) for a in _quick_runs(argv)]
+    res = run(argv, check=True, timeout=600)
+    s = json.loads((Path(argv[argv.index("--output") + 1]) / "summary.json").read_text())
+    if "--accuracy" in argv:
+        assert s["accuracy"]["total"] == 360 and s["model"]["backend"] == "onnxruntime", s
+        assert "Offline AccuracyOnly: top-1" in res.stderr
+    else:
+        assert s["status"] == "completed" and list(s["scenarios"]) == ["SingleStream", "MultiStream", "Server",
+                                                                       "Offline"]
+        for name, sc in s["scenarios"].items():
+            assert sc["exit_status"] == 0 and sc["metric"]["value"] > 0, (name, sc)
+
+
+def _export_onnx(cmd, ctx):
+    argv = _quick_runs(shlex.split(cmd.replace("python", PY, 1).replace("data/demo", str(ctx["demo_root"]))))
+    res = run(argv, check=True, timeout=600)
+    assert (RUNS["dir"] / "model-0003.onnx").is_file() and "top-1 agrees" in res.stdout + res.stderr
 
 
 def _runner(cmd, ctx):
@@ -315,6 +376,9 @@ HANDLERS = {
     "make bench-infer": _make_bench_infer,
     "make bench-train": _make_bench_train,
     "make bench-optim": _make_bench_optim,
+    "make bench-loadgen": _make_bench_loadgen,
+    "python loadgen.py": _loadgen,
+    "python tools/export_onnx.py": _export_onnx,
     "make mlperf-demo": _make_mlperf_demo,
     "python tools/mlperf_score.py": _mlperf_score,
     "python tools/scaling_model.py": _scaling_model,

@@ -1,0 +1,380 @@
+"""loadgen.py: MLPerf Inference LoadGen (the real one) over the toolkit's scoring path (real MXNet, real onnxruntime),
+on a ResNet-18 trained for two epochs on the 32 px digits: every scenario, accuracy against --only-inference scoring
+and between the backends, a failure in the model path, a signal, bad input, the examples."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import PY, ROOT, error_lines, has_gpu, run, run_until
+
+LOADGEN = ROOT / "loadgen.py"
+TINY = ["--image-shape", "3,32,32", "--num-classes", "10", "--num-layers", "18"]
+SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
+SHORT = ["--time", "0.5", "--count", "32", "--qps", "100", "--max-batchsize", "8"]  # each scenario in about a second
+
+
+@pytest.fixture(scope="session")
+def trained(demo_root, tmp_path_factory):
+    """A ResNet-18 checkpoint (epoch 2) of the digits and its val top-1 as scored by examples/SCORE_FP32.sh
+    (``runner --only-inference``, the report's val.top1)."""
+    out = tmp_path_factory.mktemp("loadgen_ckpt")
+    prefix = out / "model"
+    run([ROOT / "runner", "-n", "1", "-b", "64", "-e", "2", "-l", "0.2", "--data-root", demo_root, "--model-prefix",
+         prefix, "--warmup-epochs", "1", "--bn-gamma-init0", "--min-random-area", "0.25", "--no-random-mirror",
+         "--seed", "0", "--no-val", *TINY], check=True, timeout=600)
+    report = out / "score.json"
+    run([ROOT / "examples" / "SCORE_FP32.sh", prefix, "2", "--data-root", demo_root, "--report", report, *TINY],
+        check=True, timeout=600)
+    return prefix, json.loads(report.read_text())["metrics"]["val.top1"][0]
+
+
+def model_args(trained, demo_root):
+    return ["--model-prefix", trained[0], "--load-epoch", "2", "--data-root", demo_root, *TINY]
+
+
+def loadgen(args, env=None, cwd=ROOT, timeout=300):
+    return run([PY, LOADGEN, *args], env=env, cwd=cwd, timeout=timeout)
+
+
+def summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+def official_top1(accuracy_log, val_lst) -> tuple[int, int]:
+    """(good, total) as MLPerf's tools/accuracy-imagenet.py computes them with its default --dtype float32: the first
+    value of each response, qsl_idx i being the i-th line of the val list."""
+    labels = [int(float(line.split("\t")[1])) for line in val_lst.read_text().splitlines() if line.strip()]
+    seen, good = set(), 0
+    for entry in json.loads(accuracy_log.read_text()):
+        if entry["qsl_idx"] in seen:
+            continue
+        seen.add(entry["qsl_idx"])
+        good += int(np.frombuffer(bytes.fromhex(entry["data"]), np.float32)[0]) == labels[entry["qsl_idx"]]
+    return good, len(seen)
+
+
+@pytest.fixture(scope="session")
+def mxnet_accuracy(trained, demo_root, tmp_path_factory):
+    """AccuracyOnly, Offline, all 360 val images, mxnet backend: the summary and the output folder."""
+    out = tmp_path_factory.mktemp("loadgen_acc_mxnet")
+    res = loadgen(["--scenario", "Offline", "--accuracy", "--output", out, *model_args(trained, demo_root)])
+    assert res.returncode == 0, res.stderr
+    return summary(out), out
+
+
+# ------------------------------------------------------------------------------------------------ in process
+
+SERVER_SUMMARY = """================================================
+MLPerf Results Summary
+================================================
+SUT name : PySUT
+Scenario : Server
+Mode     : PerformanceOnly
+Completed samples per second    : 47.13
+Result is : INVALID
+  Performance constraints satisfied : Yes
+  Min duration satisfied : Yes
+  Min queries satisfied : NO
+  Early stopping satisfied: NO
+Recommendations:
+ * The test exited early, before enough queries were issued.
+   See the detailed log for why this may have occurred.
+Early Stopping Result:
+ * Run unsuccessful.
+ * Processed 25 queries.
+ * Would need to run at least 434 more queries,
+ with the run being successful if every additional
+ query were under latency.
+
+================================================
+Additional Stats
+================================================
+Scheduled samples per second : 47.16
+Min latency (ns)                : 64636
+Max latency (ns)                : 318878
+Mean latency (ns)               : 264755
+50.00 percentile latency (ns)   : 276360
+90.00 percentile latency (ns)   : 302823
+95.00 percentile latency (ns)   : 317316
+97.00 percentile latency (ns)   : 318878
+99.00 percentile latency (ns)   : 318878
+99.90 percentile latency (ns)   : 318878
+
+================================================
+Test Parameters Used
+================================================
+samples_per_query : 1
+target_qps : 50
+target_latency (ns): 100000000
+min_duration (ms): 500
+
+No warnings encountered during test.
+
+1 ERROR encountered. See detailed log.
+"""  # a LoadGen 6.0.17 summary, as written
+
+
+def test_parse_summary_keeps_result_reasons_metric_and_units():
+    import loadgen
+
+    s = loadgen.parse_summary(SERVER_SUMMARY)
+    assert (s["scenario"], s["mode"], s["result"]) == ("Server", "PerformanceOnly", "INVALID")
+    assert s["invalid_reasons"] == ["Min queries satisfied: NO", "Early stopping satisfied: NO"]
+    assert s["constraints"]["Performance constraints satisfied"] is True
+    assert s["recommendations"] == ["The test exited early, before enough queries were issued. See the detailed log "
+                                    "for why this may have occurred."]
+    assert s["early_stopping"][2] == ("Would need to run at least 434 more queries, with the run being successful if "
+                                      "every additional query were under latency.")
+    assert s["metric"] == {"name": "Completed samples per second", "value": 47.13, "unit": "samples/s"}
+    assert (s["samples_per_second"], s["queries_per_second"], s["scheduled_samples_per_second"]) == (47.13, 47.13,
+                                                                                                     47.16)
+    assert s["latency_ns"] == {"min": 64636, "max": 318878, "mean": 264755, "p50": 276360, "p90": 302823,
+                               "p95": 317316, "p97": 318878, "p99": 318878, "p99.9": 318878}
+    assert s["settings"] == {"samples_per_query": 1, "target_qps": 50, "target_latency_ns": 100000000,
+                             "min_duration_ms": 500}
+    assert (s["loadgen"]["warnings"], s["loadgen"]["errors"]) == (0, 1) and s["early_stopping_ns"] == {}
+
+
+def test_scenario_names_are_checked():
+    import loadgen
+    from common import UsageError
+
+    assert loadgen.parse_scenarios("offline, Server") == ["Offline", "Server"]
+    with pytest.raises(UsageError, match="--scenario Single: unknown scenario Single; choose from SingleStream"):
+        loadgen.parse_scenarios("Single")
+    with pytest.raises(UsageError, match="named twice"):
+        loadgen.parse_scenarios("Offline,offline")
+
+
+def test_bench_server_search_finds_the_highest_valid_rate():
+    """tools/bench_loadgen.py's bisection, over a stand-in for LoadGen's verdict (VALID up to 13.7 QPS)."""
+    from tools import bench_loadgen
+
+    calls = []
+
+    def run(qps):
+        calls.append(qps)
+        return {"result": "VALID" if qps <= 13.7 else "INVALID", "latency_ns": {"p99": 1e8},
+                "samples_per_second": qps, "invalid_reasons": [] if qps <= 13.7 else ["Early stopping satisfied: NO"]}
+
+    found = bench_loadgen.server_search(run, 40.0, 6)
+    assert calls[0] == 20.0 and len(calls) == 6 and found["best"]["qps"] <= 13.7 < found["best"]["qps"] + 40 / 2 ** 6
+    assert bench_loadgen.server_search(lambda q: {**run(q), "result": "INVALID"}, 40.0, 3)["best"] is None
+    assert bench_loadgen.server_time(10.0, 15.0) == 60.0 and bench_loadgen.server_time(100.0, 15.0) == 15.0
+    assert bench_loadgen.server_time(1.0, 15.0) == bench_loadgen.SERVER_MAX_S
+
+
+# ------------------------------------------------------------------------------------------------ the scenarios
+
+
+@pytest.mark.e2e
+def test_every_scenario_runs_through_loadgen(trained, demo_root, tmp_path):
+    """A comma list: each scenario in its own process, LoadGen's logs in a folder each, one combined summary with
+    the scenario, mode, VALID/INVALID and why, and the scenario's metric."""
+    res = loadgen(["--scenario", ",".join(SCENARIOS), "--output", tmp_path, *SHORT, *model_args(trained, demo_root)])
+    assert res.returncode == 0, res.stderr
+    assert error_lines(res.stderr, "loadgen.py") == []
+    combined = summary(tmp_path)
+    assert combined["schema"] == "rn50-loadgen/1" and combined["status"] == "completed"
+    assert list(combined["scenarios"]) == list(SCENARIOS)
+    for name, s in combined["scenarios"].items():
+        folder = tmp_path / name
+        assert s == {**summary(folder), "exit_status": 0}
+        assert (s["scenario"], s["mode"], s["status"], s["error"]) == (name, "PerformanceOnly", "completed", None)
+        assert s["result"] in ("VALID", "INVALID") and s["loadgen"]["finished"]
+        assert s["result"] == "VALID" or s["invalid_reasons"], s  # INVALID says why
+        assert all(isinstance(ok, bool) for ok in s["constraints"].values()) and s["constraints"]
+        text = (folder / "mlperf_log_summary.txt").read_text()
+        assert f"Scenario : {name}" in text and f"Result is : {s['result']}" in text
+        assert {"mlperf_log_detail.txt", "mlperf_log_accuracy.json"} <= set(s["files"])
+        lat = s["latency_ns"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert s["samples"]["issued"] == s["samples"]["answered"] > 0 and s["samples"]["empty"] == 0
+        assert s["qsl"]["total"] == 32 and s["model"]["checkpoint"].endswith("model-0002")
+        assert s["settings"]["min_duration_ms"] == 500
+        assert s["settings"]["min_query_count"] == (1 if name == "Offline" else 32)  # Offline: one query
+        assert s["accuracy"] is None and s["metric"]["value"] > 0
+    ss, ms, server, offline = (combined["scenarios"][n] for n in SCENARIOS)
+    assert ss["metric"]["name"].startswith("90.0th percentile latency") and ss["metric"]["unit"] == "ns"
+    assert ss["metric"]["value"] == ss["latency_ns"]["p90"] > 0 and ss["samples_per_second"] > 0
+    if ss["result"] == "VALID":  # enough queries for early stopping: its p90 estimate
+        assert ss["early_stopping_ns"]["90.0th"] >= ss["latency_ns"]["p90"]
+    assert ms["metric"]["name"].startswith("99.0th percentile latency") and ms["settings"]["samples_per_query"] == 8
+    assert ms["samples_per_second"] == pytest.approx(8 * ms["queries_per_second"])
+    assert server["metric"]["unit"] == "samples/s" and server["samples_per_second"] > 0
+    assert server["settings"]["target_qps"] == 100 and server["scheduled_samples_per_second"] > 0
+    assert offline["metric"]["name"] == "Samples per second" and offline["samples_per_second"] > 0
+    assert offline["queries_per_second"] is None and offline["settings"]["samples_per_query"] >= 32  # --count
+
+
+# ------------------------------------------------------------------------------------------------ accuracy
+
+
+@pytest.mark.e2e
+def test_accuracy_equals_score_fp32(trained, demo_root, mxnet_accuracy):
+    """AccuracyOnly over the 360 val images gives exactly the top-1 that examples/SCORE_FP32.sh reports for the
+    checkpoint, and MLPerf's accuracy-imagenet.py (float32 answers) would count the same images right."""
+    s, out = mxnet_accuracy
+    a = s["accuracy"]
+    assert (a["total"], a["missing"], a["dtype"]) == (360, 0, "float32")
+    assert a["top1"] == pytest.approx(trained[1], abs=1e-9) and a["top1"] > 20  # two epochs: well past chance
+    assert official_top1(out / "mlperf_log_accuracy.json", demo_root / "val.lst") == (a["good"], 360)
+    assert (s["mode"], s["result"], s["samples"]["empty"]) == ("AccuracyOnly", None, 0)
+
+
+@pytest.mark.e2e
+def test_batches_of_any_size_answer_each_sample_as_batch_1_does(trained, demo_root, tmp_path):
+    """45 samples at --max-batchsize 32 run as 32 and 13 = 8 + 4 + 1 (bound sizes, no padding): every answer is
+    the one a batch-1 run gives for the same sample."""
+    answers = {}
+    for batch in (32, 1):
+        out = tmp_path / f"b{batch}"
+        res = loadgen(["--scenario", "Offline", "--accuracy", "--count", "45", "--max-batchsize", str(batch),
+                       "--output", out, *model_args(trained, demo_root)])
+        assert res.returncode == 0, res.stderr
+        log = json.loads((out / "mlperf_log_accuracy.json").read_text())
+        answers[batch] = {e["qsl_idx"]: e["data"] for e in log}
+    assert len(answers[1]) == 45 and answers[32] == answers[1]
+
+
+def test_onnxruntime_backend_gives_the_same_top1(trained, demo_root, mxnet_accuracy, tmp_path):
+    from tools import export_onnx
+
+    onnx = export_onnx.export(trained[0], 2, tmp_path / "model.onnx", image_shape=(3, 32, 32))
+    out = tmp_path / "out"
+    res = loadgen(["--scenario", "Offline", "--accuracy", "--backend", "onnxruntime", "--onnx", onnx, "--output",
+                   out, *model_args(trained, demo_root)])
+    assert res.returncode == 0, res.stderr
+    s = summary(out)
+    assert s["model"]["backend"] == "onnxruntime" and s["model"]["onnx"] == str(onnx)
+    assert s["accuracy"] == mxnet_accuracy[0]["accuracy"]
+
+
+# ------------------------------------------------------------------------------------------------ faults
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("scenario", ["Server", "Offline"])
+def test_failure_in_the_model_path_completes_every_sample(trained, demo_root, tmp_path, scenario):
+    """RN50_LOADGEN_FAIL_AFTER=2 raises in the backend at the third batch of the test: every sample still gets an
+    answer (LoadGen would wait for ever otherwise), the test ends, the exit is 1 with one line, no crash. An
+    audit.config in the working directory is reported before the run."""
+    (tmp_path / "audit.config").write_text("# nothing to override\n")
+    out = tmp_path / "out"
+    res = loadgen(["--scenario", scenario, "--output", out, "--time", "1", "--count", "32", "--qps", "60",
+                   "--max-batchsize", "4", *model_args(trained, demo_root)], env={"RN50_LOADGEN_FAIL_AFTER": "2"},
+                  cwd=tmp_path, timeout=120)
+    assert res.returncode == 1, res.stderr  # not a signal (negative), not 139
+    [line] = error_lines(res.stderr, "loadgen.py")
+    assert "injected failure (RN50_LOADGEN_FAIL_AFTER=2: after 2 batches)" in line and "mxnet backend" in line
+    assert "every sample was completed" in line and "the test ended" in line
+    assert f"{tmp_path / 'audit.config'} exists: LoadGen applies it" in res.stderr
+    s = summary(out)
+    assert (s["status"], s["loadgen"]["finished"]) == ("failed", True) and "injected failure" in s["error"]
+    n = s["samples"]
+    assert n["issued"] == n["answered"] + n["empty"] and n["empty"] > 0 and 1 <= n["answered"] <= 8
+    assert "Found Audit Config file" in (out / "mlperf_log_detail.txt").read_text()  # LoadGen did apply it
+
+
+@pytest.mark.e2e
+def test_a_record_that_does_not_decode_is_one_line_and_exit_4(trained, demo_root, tmp_path):
+    """A JPEG whose headers are broken passes the start-up scan (DALI's backends check signatures only) and fails
+    when LoadGen has it loaded: the validation pass's line naming the record, every sample answered, exit 4."""
+    from conftest import copy_set
+
+    bad = copy_set(demo_root, tmp_path / "bad", fault="bad-header", split="val", record=5)
+    out = tmp_path / "out"
+    res = loadgen(["--scenario", "Offline", "--accuracy", "--count", "16", "--output", out,
+                   *model_args(trained, demo_root), "--data-root", bad], timeout=120)
+    assert res.returncode == 4, res.stderr
+    [line] = error_lines(res.stderr, "loadgen.py")
+    assert f"the validation set {bad / 'val.rec'}: record 5 (key " in line and "cannot be decoded" in line
+    s = summary(out)
+    assert s["status"] == "failed" and s["samples"] == {"issued": 16, "answered": 0, "empty": 16}
+
+
+@pytest.mark.e2e
+def test_sigterm_ends_the_test_cleanly(trained, demo_root, tmp_path):
+    out = tmp_path / "out"
+    code, err = run_until([PY, LOADGEN, "--scenario", "Server", "--output", out, "--time", "3", "--count", "32",
+                           "--qps", "50", *model_args(trained, demo_root)], "samples in the QSL", timeout=120)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in err
+    assert "SIGTERM: stopped the Server test" in err
+    s = summary(out)
+    assert s["status"] == "interrupted" and s["samples"]["issued"] == s["samples"]["answered"] + s["samples"]["empty"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("args,message", [
+    (["--data-root", "{empty}"], "has no val.rec (make it with tools/prepare_dataset.py)"),
+    (["--scenario", "Offline,Streaming"], "--scenario Offline,Streaming: unknown scenario Streaming; choose from"),
+    (["--dtype", "float16"], "--dtype float16 needs a GPU"),
+    (["--count", "361"], "--count 361: "),
+    (["--backend", "onnxruntime", "--onnx", "{empty}/none.onnx"], "none.onnx: file not found (export the checkpoint"),
+])
+def test_bad_input_is_one_line_and_exit_2(trained, demo_root, tmp_path, args, message):
+    if "float16" in args and has_gpu():
+        pytest.skip("this machine has a GPU")
+    argv = [a.replace("{empty}", str(tmp_path)) for a in args]
+    res = loadgen([*model_args(trained, demo_root), "--output", tmp_path / "out", *argv], timeout=120)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == error_lines(res.stderr, "loadgen.py")  # that one line, nothing else
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.e2e
+def test_user_conf_overrides_the_flags(tmp_path):
+    """--user-conf: LoadGen's mlperf.conf (ResNet-50's 600 s) and the file over the flags; a dry run reads no data."""
+    conf = tmp_path / "user.conf"
+    conf.write_text("resnet50.Offline.target_qps = 1234\n")
+    res = loadgen(["--scenario", "Offline", "--qps", "5", "--time", "1", "--user-conf", conf, "--data-root",
+                   tmp_path / "none", "--dry-run"], timeout=120)
+    assert res.returncode == 0, res.stderr
+    settings = res.stdout.splitlines()[0]
+    assert "offline_expected_qps=1234 " in settings and "min_duration_ms=600000 " in settings
+    assert "min_query_count=24576 " in settings and "performance_sample_count_override=1024" in settings
+
+
+# ------------------------------------------------------------------------------------------------ examples
+
+
+@pytest.mark.e2e
+def test_gpu_examples_dry_run():
+    """LOADGEN_<scenario>.sh: the performance run, then the accuracy run, FP16 as trained by RN50_FP16_*GPU.sh."""
+    procs = {s: subprocess.Popen([ROOT / "examples" / f"LOADGEN_{s}.sh", "runs/x/model", "7", "--dry-run",
+                                  "--assume-gpus", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True) for s in SCENARIOS}
+    expected = {"SingleStream": "single_stream_expected_latency_ns=2000000",
+                "MultiStream": "multi_stream_samples_per_query=8",
+                "Server": "server_target_qps=1500 server_target_latency_ns=15000000",
+                "Offline": "offline_expected_qps=2500"}
+    for scenario, p in procs.items():
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr
+        perf, perf_cmd, acc, acc_cmd = stdout.strip().splitlines()
+        assert perf.startswith(f"{scenario} PerformanceOnly: mxnet float16 on gpu, ResNet-50 runs/x/model-0007")
+        assert acc.startswith(f"{scenario} AccuracyOnly: ")
+        assert "min_duration_ms=600000" in perf and expected[scenario] in perf
+        for cmd in (perf_cmd, acc_cmd):
+            assert "--dtype float16" in cmd and "--conv-layout NHWC" in cmd and "--image-shape 4,224,224" in cmd
+            assert "--dry-run" not in cmd and "--assume-gpus" not in cmd
+        assert f"--output runs/loadgen/{scenario}/performance" in perf_cmd and "--accuracy" not in perf_cmd
+        assert acc_cmd.endswith(f"--accuracy --output runs/loadgen/{scenario}/accuracy")
+    res = run([ROOT / "examples" / "LOADGEN_Offline.sh"])
+    assert res.returncode == 2 and "usage: examples/LOADGEN_Offline.sh" in res.stderr
+
+
+@pytest.mark.e2e
+def test_cpu_example_runs_performance_then_accuracy(trained, demo_root, tmp_path):
+    res = run([ROOT / "examples" / "LOADGEN_CPU.sh", "Offline", trained[0], "2", "--data-root", demo_root, *TINY,
+               *SHORT], env={"OUT": str(tmp_path)}, timeout=300)
+    assert res.returncode == 0, res.stderr
+    perf, acc = summary(tmp_path / "performance"), summary(tmp_path / "accuracy")
+    assert (perf["mode"], perf["status"], acc["mode"], acc["status"]) == \
+        ("PerformanceOnly", "completed", "AccuracyOnly", "completed")
+    assert perf["samples_per_second"] > 0 and acc["accuracy"]["total"] == 32
