@@ -136,7 +136,6 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
-import struct  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -437,9 +436,7 @@ class SampleLibrary:
         except (OSError, ValueError) as err:
             raise UsageError(f"{dcfg.data_val_idx}: not a readable index ({err}); rebuild it with "
                              "tools/prepare_dataset.py") from None
-        if count is not None and count > len(pairs):
-            raise UsageError(f"--count {count}: {dcfg.data_val} has only {len(pairs)} records")
-        self.pairs = pairs[:count] if count is not None else pairs
+        self.pairs = pairs[:count] if count is not None else pairs  # check_files has checked --count
         self.labels = self._read_labels()
         self.samples: dict[int, np.ndarray] = {}
         self._pipe = None
@@ -448,14 +445,11 @@ class SampleLibrary:
         return len(self.pairs)
 
     def _read_labels(self) -> np.ndarray:
-        """Each record's label from its IRHeader (flag, label: the 8 bytes after the record header; the scan of
-        ``data.check_record_files`` has checked them), without reading the images."""
-        labels = np.empty(len(self.pairs), np.int64)
+        """Each record's label, without reading the images (``data.check_record_files`` has checked them)."""
+        import recfile
+
         with open(self.cfg.data_val, "rb") as f:
-            for i, (_, off) in enumerate(self.pairs):
-                f.seek(off + 8)
-                labels[i] = int(struct.unpack("<If", f.read(8))[1])
-        return labels
+            return np.array([int(recfile.read_label_at(f, off)) for _, off in self.pairs], np.int64)
 
     def _pipeline(self):
         import dali

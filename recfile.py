@@ -122,6 +122,13 @@ def read_record_at(rec: BinaryIO, offset: int) -> tuple[bytes, int]:
         first = False
 
 
+def read_label_at(rec: BinaryIO, offset: int) -> float:
+    """The label of the image record at ``offset``, from its IRHeader alone (the image is not read): for a pair that
+    ``scan`` has checked."""
+    rec.seek(offset + 8)
+    return _IR_HEADER.unpack(rec.read(IR_HEADER_SIZE))[1]
+
+
 def read_index(idx_path: os.PathLike | str) -> list[tuple[int, int]]:
     """Parse an ``.idx`` file into (key, offset) pairs in file order. Raises ValueError on a malformed line."""
     keys, offsets = _parse_index(Path(idx_path).read_bytes())

@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import MALLOC_ENV, Parser, UsageError, available_cores, run_main, write_json  # noqa: E402
+from common import MALLOC_ENV, Parser, UsageError, available_cores, cpu_model, run_main, write_json  # noqa: E402
 
 SHAPE = "3,{0},{0}"
 SERVER_QUERIES = 600
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
         raise UsageError(f"--backends {args.backends}: a comma list of mxnet and onnxruntime")
     size, batch = args.image_size, args.batch_size
     iters = max(10, -(-args.time * 30 // batch))  # about as long as a LoadGen run at ~30 img/s
-    result = {"cpu": _cpu_model(), "cores": available_cores(), "image_size": size, "batch_size": batch,
+    result = {"cpu": cpu_model(), "cores": available_cores(), "image_size": size, "batch_size": batch,
               "time_s": args.time, "dtype": "float32"}
     with tempfile.TemporaryDirectory(prefix="bench_loadgen.") as tmp:
         work = Path(tmp)
@@ -242,16 +242,6 @@ def print_scenarios(result: dict, args) -> None:
     row(f"Offline, batch {args.batch_size} (samples/s)", lambda s: f"{s['Offline']['samples_per_second']:.2f}")
     print(f"\nbatch-1 scoring latency (`./runner --only-inference -b 1`): p50 {one['latency_ms_p50']:.1f} ms, "
           f"p90 {one['latency_ms_p90']:.1f} ms")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
