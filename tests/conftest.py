@@ -245,3 +245,26 @@ def tmpfs(tmp_path):
     yield make
     for point in mounted:
         subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def jpeg_scan_start(jpeg: bytes) -> int:
+    """The offset of the first byte of a JPEG's entropy-coded data (just past its SOS segment)."""
+    sos = jpeg.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+
+
+@pytest.fixture(scope="session")
+def corrupt_jpegs(photos):
+    """A JPEG of a 240x320 crop of a photograph and three broken copies whose headers all parse: ``cut`` ends in the
+    middle of its scan, ``cut_eoi`` is the same with an end marker appended (a decoder reads it to the end),
+    ``flipped`` has 64 bytes in the middle of its scan XORed with 0x5a (never made 0xff). {name: bytes}."""
+    import cv2
+
+    good = cv2.imencode(".jpg", np.ascontiguousarray(photos[0][80:320, 100:420, ::-1]),
+                        [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    start = jpeg_scan_start(good)
+    mid = start + (len(good) - 2 - start) // 2
+    flipped = bytearray(good)
+    for i in range(mid, mid + 64):
+        flipped[i] = flipped[i] ^ 0x5A if flipped[i] ^ 0x5A != 0xFF else 0x3C
+    return {"good": good, "cut": good[:mid], "cut_eoi": good[:mid] + b"\xff\xd9", "flipped": bytes(flipped)}

@@ -1,4 +1,5 @@
-"""Stage-1 preparation: pass-through, conversions, labels, skipping, atomic outputs, im2rec interoperability."""
+"""Stage-1 preparation: pass-through, conversions, labels, skipping, atomic outputs, im2rec interoperability, which
+folders are classes, and --verify against check_rec.py --decode."""
 from __future__ import annotations
 
 import os
@@ -475,6 +476,48 @@ def test_signal_while_writing_leaves_nothing(slow_tree, tmp_path, sig):
     assert list(out.iterdir()) == []  # no temporary file, no half-written output
 
 
+def decoding_processes(parent: int) -> list[int]:
+    """The ids of the ``recfile.DecodeChecker`` workers whose parent is process ``parent``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and b"recfile._serve()" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, IndexError, ValueError):  # it ended while being read
+            continue
+    return found
+
+
+@pytest.mark.e2e
+def test_signal_during_verify_ends_the_decoding_processes(slow_tree, tmp_path):
+    """--verify decodes in processes of its own (in their own session, so Ctrl-C reaches the tool alone); a signal
+    stops the run as it does without --verify, and no decoding process outlives the tool."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(a) for a in (PY, PREPARE, "--train-dir", slow_tree, "--data-root", out,
+                                              "--num-thread", "1", "--verify")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not _writing_started(out):
+            assert proc.poll() is None, "the run ended before it could be signalled"
+            assert time.monotonic() < deadline, "the run never started writing"
+            time.sleep(0.005)
+        workers = decoding_processes(proc.pid)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=20)
+    assert len(workers) == 1
+    assert proc.returncode == 130
+    assert [ln for ln in stderr.splitlines() if ln.strip()] == [
+        "prepare_dataset.py: interrupted (SIGINT); no output written, temporary files removed"]
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []
+    assert list(out.iterdir()) == []
+
+
 @pytest.mark.e2e
 def test_full_disk_is_one_line_and_leaves_nothing(photos, tmp_path, tmpfs):
     """A 256 KiB tmpfs fills while the .rec is written: one line naming it, no temporary file left."""
@@ -522,3 +565,115 @@ def test_unreadable_folders_and_files_are_listed(jpeg_tree, tmp_path):
     assert f"  {locked}: unreadable folder (Permission denied)" in res.stdout
     assert f"  {unreadable}: unreadable (Permission denied)" in res.stdout
     assert len(lst_rows(tmp_path / "out" / "train.lst")) == 9
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Which folders are classes, the label of each, and the strict decode shared with check_rec.py --decode
+
+
+@pytest.mark.e2e
+def test_folders_without_images_in_a_tree_are_no_classes(jpeg_tree, tmp_path):
+    """An earlier output inside the training tree does not become class 0 (shifting every label); one inside the
+    validation tree, and a validation folder without images, do not fail the run as classes the training tree
+    lacks. Each is left out and listed."""
+    train, val = tmp_path / "train", tmp_path / "val"
+    shutil.copytree(jpeg_tree, train)
+    shutil.copytree(jpeg_tree, val)
+    run([PY, PREPARE, "--train-dir", train, "--val-dir", val, "--data-root", train / "0_old"], check=True)
+    run([PY, PREPARE, "--train-dir", train, "--data-root", tmp_path / "train_only"], check=True)
+    assert (tmp_path / "train_only" / "classes.txt").read_text() == "0\tchina\n1\tflower\n"
+    shutil.copytree(train / "0_old", val / "zz_old")
+    (val / "zebra").mkdir()
+    out = tmp_path / "out"
+    res = run([PY, PREPARE, "--train-dir", train, "--val-dir", val, "--data-root", out])
+    assert res.returncode == 0 and stderr_lines(res) == [], res.stderr
+    assert (out / "classes.txt").read_text() == "0\tchina\n1\tflower\n"
+    for split in ("train", "val"):
+        assert sorted((label, rel) for _, label, rel in lst_rows(out / f"{split}.lst")) == \
+            [(float(c == "flower"), f"{c}/{c}_{i}.jpg") for c in ("china", "flower") for i in range(5)]
+    note = "an earlier output (classes.txt, train.idx, train.lst, train.rec and 3 more) without images: not a class"
+    assert f"train: skipped 1 link(s) or folder(s) of the tree:\n  {train / '0_old'}: {note}\n" in res.stdout
+    assert f"val: skipped 2 link(s) or folder(s) of the tree:\n  {val / 'zebra'}: holds no images\n" \
+           f"  {val / 'zz_old'}: {note}\n" in res.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("content", ["nothing", "no_image_file"])
+def test_a_training_class_folder_without_images_is_refused(jpeg_tree, tmp_path, content):
+    """Labels are the sorted folder names: an image-less 'aardvark' would become class 0 or, left out, move every
+    label after it. One line, exit status 2, nothing written."""
+    tree = tmp_path / "tree"
+    shutil.copytree(jpeg_tree, tree)
+    (tree / "aardvark").mkdir()
+    if content == "no_image_file":
+        (tree / "aardvark" / "notes.txt").write_text("not an image")
+        (tree / "aardvark" / "empty").mkdir()
+    out = tmp_path / "out"
+    res = run([PY, PREPARE, "--train-dir", tree, "--data-root", out])
+    assert res.returncode == 2
+    assert stderr_lines(res) == [
+        f"prepare_dataset.py: error: --train-dir {tree}: class folder 'aardvark' holds no images (.jpeg .jpg .png); "
+        "labels are the positions of the sorted class-folder names, so leaving it out would shift the label of every "
+        "class after it: add images or remove the folder"]
+    assert not out.exists()
+
+
+def test_summary_shows_the_label_of_each_class(photos, tmp_path, capsys):
+    """Every class up to 8, else the first three and the last two; classes.txt has them all."""
+    tree = tmp_path / "tree"
+    for c in range(12):
+        write_jpeg(tree / f"n{c:02d}" / "a.jpg", photos[c % 2][c * 8:c * 8 + 40, :56])
+    assert prepare_dataset.main(["--train-dir", str(tree), "--data-root", str(tmp_path / "a"), "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "classes: 12, labelled by sorted folder name: 0 n00, 1 n01, 2 n02, ..., 10 n10, 11 n11 "
+        f"(all in {tmp_path / 'a' / 'classes.txt'})")
+    for c in range(2, 12):
+        shutil.rmtree(tree / f"n{c:02d}")
+    assert prepare_dataset.main(["--train-dir", str(tree), "--data-root", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"classes: 2, labelled by sorted folder name: 0 n00, 1 n01 (all in {tmp_path / 'b' / 'classes.txt'})")
+
+
+def check_rec_verdicts(rec: Path, key_to_name: dict[int, str]) -> dict[str, str]:
+    """{file name: why} for every record ``tools/check_rec.py --decode`` lists as bad."""
+    res = run([PY, ROOT / "tools" / "check_rec.py", rec, "--decode"])
+    assert res.returncode in (0, 1) and "Traceback" not in res.stderr, res.stderr
+    bad = {}
+    for line in res.stdout.splitlines()[:-1]:
+        head, why = line.split(": ", 1)
+        bad[key_to_name[int(head.split("(key ")[1].split(",")[0])]] = why
+    return bad
+
+
+@pytest.mark.e2e
+def test_verify_and_check_rec_decode_agree(corrupt_jpegs, tmp_path):
+    """The same files through both tools: prepare_dataset.py --verify skips exactly the images that check_rec.py
+    --decode lists, with the same words; without --verify only the file without an end marker is skipped, and
+    check_rec.py --decode finds the other two in the records."""
+    tree = tmp_path / "tree"
+    names = ["cut.jpg", "cut_eoi.jpg", "flipped.jpg", "good.jpg"]
+    (tree / "c").mkdir(parents=True)
+    for name in names:
+        (tree / "c" / name).write_bytes(corrupt_jpegs[name[:-4]])
+    verified = run([PY, PREPARE, "--train-dir", tree, "--data-root", tmp_path / "v", "--verify", "--quiet"],
+                   check=True)
+    skipped = dict(line.strip().rsplit("/", 1)[1].split(": ", 1) for line in verified.stdout.splitlines()
+                   if line.startswith(f"  {tree}"))
+    assert sorted(skipped) == names[:3]
+    assert skipped["cut.jpg"] == "truncated JPEG (no EOI marker at the end)"
+    assert all(skipped[n].startswith("corrupt JPEG (the decoder says: Corrupt JPEG data: ") for n in names[1:3])
+    assert [rel for _, _, rel in lst_rows(tmp_path / "v" / "train.lst")] == ["c/good.jpg"]
+    assert check_rec_verdicts(tmp_path / "v" / "train.rec", {}) == {}
+
+    plain = run([PY, PREPARE, "--train-dir", tree, "--data-root", tmp_path / "p", "--quiet"], check=True)
+    assert f"  {tree / 'c' / 'cut.jpg'}: {skipped['cut.jpg']}" in plain.stdout
+    keys = {key: rel.split("/")[1] for key, _, rel in lst_rows(tmp_path / "p" / "train.lst")}
+    assert check_rec_verdicts(tmp_path / "p" / "train.rec", keys) == {n: skipped[n] for n in names[1:3]}
+
+    with open(tmp_path / "all.rec", "wb") as f:  # every file, the one without an end marker too
+        w = recordio.IndexedRecordWriter(f)
+        for key, name in enumerate(names):
+            w.write(key, recordio.pack_image_record(0, key, (tree / "c" / name).read_bytes()))
+    with open(tmp_path / "all.idx", "wb") as f:
+        w.write_index(f)
+    assert check_rec_verdicts(tmp_path / "all.rec", dict(enumerate(names))) == skipped

@@ -1,5 +1,6 @@
-"""RecordIO checks (in process): every index entry, every label, every record's image signature and JPEG headers,
-the checker command, and the start-up check's one-line errors."""
+"""RecordIO checks (in process): every index entry, every label, every record's image signature and JPEG headers, the
+strict decode (truncated and corrupt scans, and no valid image refused), the checker command, and the start-up
+check's one-line errors."""
 from __future__ import annotations
 
 import struct
@@ -175,3 +176,100 @@ def _tiny_jpeg() -> bytes:
     ok, buf = cv2.imencode(".jpg", np.zeros((24, 40, 3), np.uint8))
     assert ok
     return buf.tobytes()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Strict decoding: the check shared by check_rec.py --decode and prepare_dataset.py --verify
+
+BROKEN = {"cut": "truncated JPEG (no EOI marker at the end)",
+          "cut_eoi": "corrupt JPEG (the decoder says: Corrupt JPEG data: premature end of data segment)",
+          "flipped": "corrupt JPEG (the decoder says: Corrupt JPEG data: 124 extraneous bytes before marker 0xd9)"}
+
+
+def write_pair(prefix, images) -> None:
+    """``prefix.rec/.idx`` holding ``images`` (label i % 10, key i)."""
+    with open(prefix.with_suffix(".rec"), "wb") as f:
+        w = recfile.IndexedRecordWriter(f)
+        for i, img in enumerate(images):
+            w.write(i, recfile.pack_image_record(i % 10, i, img))
+    with open(prefix.with_suffix(".idx"), "wb") as f:
+        w.write_index(f)
+
+
+def valid_jpegs(photos) -> dict[str, bytes]:
+    """The photographs encoded every way a real data set holds them."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    def pil(rgb, mode="RGB", **kw):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).convert(mode).save(buf, "JPEG", **kw)
+        return buf.getvalue()
+
+    out = {}
+    for n, rgb in enumerate(photos):
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        for q in (50, 75, 90, 100):
+            out[f"{n}_q{q}"] = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, q])[1].tobytes()
+        out[f"{n}_restart"] = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_RST_INTERVAL, 4])[1].tobytes()
+        out[f"{n}_progressive"] = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1,
+                                                             cv2.IMWRITE_JPEG_OPTIMIZE, 1])[1].tobytes()
+        out[f"{n}_pil_progressive"] = pil(rgb, progressive=True, quality=85)
+        out[f"{n}_444_optimized"] = pil(rgb, subsampling=0, optimize=True, quality=80)
+        out[f"{n}_gray"] = pil(rgb, "L", quality=95)
+        out[f"{n}_cmyk"] = pil(rgb, "CMYK", quality=95)
+        out[f"{n}_odd_size"] = pil(rgb[:333, :501], quality=90)
+        out[f"{n}_trailing_bytes"] = out[f"{n}_q90"] + b"\0" * 100  # bytes after the end marker, as in ImageNet
+    return out
+
+
+def test_strict_decode_reports_truncated_and_corrupt_scans(corrupt_jpegs, photos):
+    """OpenCV returns an image for each broken copy (padded with gray or noise) and prints a warning at most; the
+    check reads the warning, and a missing end marker, and passes every valid encoding of the photographs."""
+    import cv2
+
+    for name in BROKEN:
+        assert cv2.imdecode(np.frombuffer(corrupt_jpegs[name], np.uint8), cv2.IMREAD_COLOR) is not None
+    valid = valid_jpegs(photos)
+    with recfile.DecodeChecker(2) as checker:
+        assert {name: checker.check(corrupt_jpegs[name]) for name in BROKEN} == BROKEN
+        assert {name: checker.check(data) for name, data in valid.items()} == dict.fromkeys(valid)
+        assert checker.check(corrupt_jpegs["good"]) is None
+        assert checker.check(b"\xff\xd8\xff\xe0" + b"\0" * 20 + b"\xff\xd9") == "corrupt JPEG (does not decode)"
+
+
+def test_a_worker_that_dies_is_replaced(corrupt_jpegs):
+    with recfile.DecodeChecker(1) as checker:
+        first = checker._running[0].proc
+        first.kill()
+        first.wait()
+        assert checker.check(corrupt_jpegs["flipped"]) == BROKEN["flipped"]
+        assert checker.check(corrupt_jpegs["good"]) is None
+        assert [w.proc.pid for w in checker._running] != [first.pid]
+
+
+def test_check_rec_decode_lists_truncated_and_corrupt_scans(corrupt_jpegs, tmp_path, capsys):
+    """The records open, their headers parse and OpenCV decodes them: only the strict decode finds them."""
+    images = [corrupt_jpegs["good"], corrupt_jpegs["cut"], corrupt_jpegs["good"], corrupt_jpegs["cut_eoi"],
+              corrupt_jpegs["flipped"]]
+    write_pair(tmp_path / "x", images)
+    assert check_rec.main([str(tmp_path / "x.rec")]) == 0  # headers only
+    capsys.readouterr()
+    assert check_rec.main([str(tmp_path / "x.rec"), "--decode"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(": ", 1)[1] for ln in lines[:-1]] == [BROKEN["cut"], BROKEN["cut_eoi"], BROKEN["flipped"]]
+    assert [ln.split(" (")[0] for ln in lines[:-1]] == ["record 1", "record 3", "record 4"]
+    assert lines[-1].startswith(f"{tmp_path / 'x.rec'}: 5 records, 3 bad (every image decoded")
+
+
+def test_strict_decode_passes_the_digits_and_photographs(demo_root, photos, tmp_path):
+    """No valid image is rejected: every digit of the demo set, and the photographs encoded every common way, in
+    records read the way check_rec.py reads them."""
+    for split in ("train", "val"):
+        assert scan(demo_root, split, decode=True, workers=2).ok
+    valid = valid_jpegs(photos)
+    write_pair(tmp_path / "photos", list(valid.values()))
+    r = recfile.scan(tmp_path / "photos.rec", tmp_path / "photos.idx", headers=True, decode=True, workers=2)
+    assert r.ok and r.records == len(valid) == 24

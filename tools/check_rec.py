@@ -9,7 +9,10 @@ Checks (``recfile.scan``): each ``.idx`` entry points at a record that ends wher
 one at the end of the file), in file order; each record holds one integer label (in ``[0, --num-classes)`` when
 given) and starts like an image; each JPEG's markers parse up to its scan (what every decoder needs before the
 first pixel; the ``mxnet`` backend's ``ImageRecordIter`` dies of SIGFPE on a record that fails here). ``--decode``
-also decodes every image with OpenCV. Every bad record is printed on a line of its own (record number in the
+also decodes every image strictly (``recfile.DecodeChecker``, one process per core): a JPEG fails when it has no
+end marker (a truncated file) or when the decoder reports corrupt or truncated data, which OpenCV only prints while
+it returns an image padded with gray or noise. ``tools/prepare_dataset.py --verify`` runs the same check, so the two
+tools pass and fail the same images. Every bad record is printed on a line of its own (record number in the
 ``.idx``, key, byte offset, what is wrong). ``--write-good PREFIX`` writes ``PREFIX.rec`` and ``PREFIX.idx`` with
 every other record, byte for byte (the set then has fewer images; rebuilding it from the source images with
 ``tools/prepare_dataset.py --verify`` keeps them all if the sources are intact).
@@ -27,7 +30,7 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import recfile  # noqa: E402
-from common import Parser, UsageError, atomic_path, run_main  # noqa: E402
+from common import Parser, UsageError, atomic_path, available_cores, run_main  # noqa: E402
 
 
 def build_parser() -> Parser:
@@ -36,7 +39,9 @@ def build_parser() -> Parser:
     p.add_argument("--idx", type=Path, default=None, help="its index (default: the .rec with .idx)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="labels must be below this (default: any non-negative class number)")
-    p.add_argument("--decode", action="store_true", help="also decode every image (slower: reads every byte)")
+    p.add_argument("--decode", action="store_true",
+                   help="also decode every image strictly: a JPEG without its end marker, or whose decoder reports "
+                        "corrupt or truncated data, is bad (slower: reads every byte; one process per core)")
     p.add_argument("--max-listed", type=int, default=1000, help="bad records printed at most")
     p.add_argument("--write-good", type=Path, default=None, metavar="PREFIX",
                    help="write PREFIX.rec/.idx holding every record that passed")
@@ -58,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         result = recfile.scan(args.rec, idx, num_classes=args.num_classes, headers=True, decode=args.decode,
-                              max_problems=max(args.max_listed, 1) if args.write_good is None else 10 ** 9)
+                              max_problems=max(args.max_listed, 1) if args.write_good is None else 10 ** 9,
+                              workers=available_cores())
     except (ValueError, OSError) as err:
         raise UsageError(f"{idx} cannot be used with {args.rec}: {err}") from None
     for p in result.problems[:args.max_listed]:

@@ -10,13 +10,21 @@ other JPEG is copied byte for byte. The output is the format of MXNet's ``im2rec
     python tools/prepare_dataset.py --train-dir RAW/train --val-dir RAW/val --data-root OUT --num-thread 8
 
 writes ``OUT/{train,val}.{lst,rec,idx}`` and ``OUT/classes.txt`` (``label<TAB>folder``; labels are the index of the
-sorted class-folder names of the training tree). Each output appears under its final name only once it is complete.
+sorted class-folder names of the training tree, as ImageNet's class indices are; the summary prints them, the first
+and last few when there are many). Each output appears under its final name only once it is complete.
+
+Every class folder of the training tree must hold an image: one without any is refused (exit status 2, before
+anything is written), since leaving it out would shift the label of every class after it and keeping it would make
+a class without images. A folder that holds an earlier output of this tool or of im2rec (``classes.txt``, ``*.rec``,
+``*.idx``, ``*.lst``) and no image is not a class: it is left out and listed, in either tree.
 
 Any tree is taken as it is, never with a traceback; what cannot be used is skipped and listed at the end:
 
 * corrupt, truncated, unreadable images, and images whose header claims more than ``--max-pixels`` pixels (read from
   the JPEG frame header or the PNG IHDR chunk, so a bogus size costs no memory). Any failure while processing one
-  image (OpenCV's, a MemoryError) skips that image only;
+  image (OpenCV's, a MemoryError) skips that image only. A JPEG without its end marker is always skipped;
+  ``--verify`` also decodes every JPEG with the check of ``tools/check_rec.py --decode`` (``recfile.DecodeChecker``)
+  and skips those whose decoder reports corrupt or truncated data, so the two tools agree on every image;
 * links are followed, as im2rec does, but each real folder is listed once: a link that leads back into its own
   folders (a loop) or to a folder listed already, a link to a folder of another class, broken links and unreadable
   folders are listed with the reason. A class folder may itself be a link to a folder outside the tree.
@@ -53,7 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from common import (EXIT_OUTPUT, EXIT_USAGE, Parser, StopFlag, UsageError, atomic_path, available_cores,  # noqa: E402
                     output_error, run_main)
-from recfile import IR_HEADER_SIZE, IndexedRecordWriter, jpeg_info, pack_image_record, png_info  # noqa: E402
+from recfile import (IR_HEADER_SIZE, DecodeChecker, IndexedRecordWriter, jpeg_end_problem, jpeg_info,  # noqa: E402
+                     pack_image_record, png_info)
 
 PROG = "prepare_dataset.py"
 DEFAULT_EXTS = (".jpeg", ".jpg", ".png")  # im2rec's defaults
@@ -146,17 +155,18 @@ def to_rgb_jpeg(data: bytes) -> bytes:
     return buf.tobytes()
 
 
-def process(root: Path, item: Item, verify: bool, max_pixels: int = MAX_PIXELS) -> Result:
+def process(root: Path, item: Item, checker: DecodeChecker | None, max_pixels: int = MAX_PIXELS) -> Result:
     """Read one image and decide: copy its bytes, convert it to an RGB JPEG, or skip it (with the reason). Whatever
-    goes wrong here (OpenCV's errors, a MemoryError, ...) skips this image only; it never ends the run."""
+    goes wrong here (OpenCV's errors, a MemoryError, ...) skips this image only; it never ends the run. ``checker``
+    (``--verify``) decodes every JPEG strictly first."""
     try:
-        data, action = _convert(root / item.relpath, verify, max_pixels)
+        data, action = _convert(root / item.relpath, checker, max_pixels)
     except Exception as err:  # noqa: BLE001 - one image must never end the run
         return Result(item, None, f"skipped:{_reason(err)}")
     return Result(item, data, action)
 
 
-def _convert(path: Path, verify: bool, max_pixels: int) -> tuple[bytes, str]:
+def _convert(path: Path, checker: DecodeChecker | None, max_pixels: int) -> tuple[bytes, str]:
     """(bytes to store, action) for one file; ValueError says why it is skipped."""
     size = path.stat().st_size
     if size > MAX_IMAGE_BYTES:
@@ -165,13 +175,15 @@ def _convert(path: Path, verify: bool, max_pixels: int) -> tuple[bytes, str]:
     if not data:
         raise ValueError("empty file")
     if data[:2] == b"\xff\xd8":
-        if b"\xff\xd9" not in data[-4096:]:  # Stage 1 skips truncated downloads, which decoders would pad with gray
-            raise ValueError("truncated JPEG (no EOI marker at the end)")
+        truncated = jpeg_end_problem(data)  # Stage 1 skips truncated downloads, which decoders would pad with gray
+        if truncated:
+            raise ValueError(truncated)
         info = jpeg_info(data)
         check_pixels(info.width, info.height, max_pixels)
+        problem = checker.check(data) if checker is not None else None  # the check of check_rec.py --decode
+        if problem:
+            raise ValueError(problem)
         if info.components == 3:
-            if verify:
-                _check_decodes(data)
             return data, "copied"
         why = {1: "grayscale JPEG", 4: "CMYK JPEG"}[info.components]
     elif data[:8] == PNG_SIGNATURE:
@@ -190,14 +202,6 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
     """Skip an image whose header claims more pixels than ``--max-pixels``, before anything decodes it."""
     if width * height > max_pixels:
         raise ValueError(f"{width}x{height} px ({width * height / 1e6:.1f} MP) is above --max-pixels {max_pixels}")
-
-
-def _check_decodes(data: bytes) -> None:
-    import cv2
-    import numpy as np
-
-    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_8) is None:
-        raise ValueError("corrupt JPEG (does not decode)")
 
 
 def _reason(err: Exception) -> str:
@@ -299,21 +303,20 @@ def top_folders(root: Path, flag: str, exclude: tuple | None) -> tuple[dict[str,
     return folders, left_out
 
 
-def list_images(root: Path, folders: dict[str, str], label_of: dict[str, int], exts: Iterable[str], flag: str,
-                exclude: tuple | None = None, stop: StopFlag | None = None) -> tuple[list[Item], list[tuple[str, str]]]:
-    """Images under ``root/<class>/`` in im2rec's order (a folder's files sorted, then its sub-folders, depth first);
-    keys count from 0. Links are followed, each real folder once (by st_dev, st_ino). Returns the items and the
-    entries left out, (path, why)."""
-    for cls in folders:
-        if cls not in label_of:
-            raise UsageError(f"{flag} {root}: class folder '{shown(cls)}' is not among the training classes "
-                             f"(val must use the train folder names)")
+def list_images(root: Path, folders: dict[str, str], exts: Iterable[str], flag: str, exclude: tuple | None = None,
+                stop: StopFlag | None = None) -> tuple[dict[str, list[str]], list[tuple[str, str]]]:
+    """The images under each ``root/<class>/`` (paths relative to ``root``) in im2rec's order: a folder's files
+    sorted, then its sub-folders, depth first. Links are followed, each real folder once (by st_dev, st_ino). Returns
+    {class: paths} (every class folder, with an empty list where none was found) and the entries left out, (path,
+    why). A tree without any image is a usage error."""
     exts = {e.lower() for e in exts}
     tree_real = os.path.realpath(root)
     seen = {_dir_id(root): str(root)}  # folder id -> where it is listed; a link to a class folder is not followed
     seen.update((_dir_id(real), str(root / cls)) for cls, real in folders.items())
-    items, left_out = [], []
+    found: dict[str, list[str]] = {}
+    left_out = []
     for cls in sorted(folders):
+        images = found[cls] = []
         stack = [(str(root / cls), cls)]
         while stack:
             check_stop(stop)
@@ -327,7 +330,7 @@ def list_images(root: Path, folders: dict[str, str], label_of: dict[str, int], e
             for e in entries:
                 kind, info = entry_kind(e)
                 if kind == "file" and os.path.splitext(e.name)[1].lower() in exts:
-                    items.append(Item(len(items), label_of[cls], f"{rel}/{e.name}"))
+                    images.append(f"{rel}/{e.name}")
                 elif kind == "skip":
                     left_out.append((e.path, info))
                 elif kind == "dir" and info != exclude:
@@ -339,9 +342,62 @@ def list_images(root: Path, folders: dict[str, str], label_of: dict[str, int], e
                     seen[info] = e.path
                     subdirs.append((e.path, f"{rel}/{e.name}"))
             stack.extend(reversed(subdirs))
-    if not items:
+    if not any(found.values()):
         raise UsageError(f"{flag} {root}: no images with extensions {' '.join(sorted(exts))} in its class folders")
-    return items, left_out
+    return found, left_out
+
+
+OUTPUT_NAMES = ("classes.txt",)
+OUTPUT_EXTS = (".rec", ".idx", ".lst")  # what this tool writes beside classes.txt (im2rec writes them too)
+
+
+def earlier_output(folder: os.PathLike | str) -> list[str]:
+    """The files directly in ``folder`` that look like an output of this tool or of im2rec: ``classes.txt``,
+    ``*.rec``, ``*.idx``, ``*.lst`` (sorted names; empty if none or unreadable)."""
+    try:
+        entries = _sorted_entries(folder)
+    except OSError:
+        return []
+    return [e.name for e in entries if (e.name in OUTPUT_NAMES or os.path.splitext(e.name)[1] in OUTPUT_EXTS)
+            and e.is_file()]
+
+
+def class_images(root: Path, flag: str, found: dict[str, list[str]], left_out: list[tuple[str, str]],
+                 exts: Iterable[str], defines_labels: bool) -> dict[str, list[str]]:
+    """The class folders of ``found`` that hold images. A folder without images is left out and listed in
+    ``left_out`` when it holds an earlier output (``earlier_output``), or when its tree does not define the labels
+    (the validation tree). In the tree that defines the labels any other folder without images is a usage error:
+    leaving it out would shift the label of every class after it, keeping it would make a class without images."""
+    kept, empty = {}, []
+    for cls, images in found.items():
+        if images:
+            kept[cls] = images
+        elif outputs := earlier_output(root / cls):
+            more = f" and {len(outputs) - 4} more" if len(outputs) > 4 else ""
+            left_out.append((str(root / cls), f"an earlier output ({', '.join(map(shown, outputs[:4]))}{more}) "
+                                              "without images: not a class"))
+        elif defines_labels:
+            empty.append(cls)
+        else:
+            left_out.append((str(root / cls), "holds no images"))
+    if empty:
+        names = ", ".join(f"'{shown(c)}'" for c in empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3
+                                                                  else "")
+        first = root / empty[0]
+        why = next((f" ({shown(path)}: {w})" for path, w in left_out if _within(path, str(first))), "")
+        one = len(empty) == 1
+        raise UsageError(f"{flag} {root}: class folder{'' if one else 's'} {names} hold{'s' if one else ''} no images "
+                         f"({' '.join(sorted({e.lower() for e in exts}))}){why}; labels are the positions of the "
+                         f"sorted class-folder names, so leaving {'it' if one else 'them'} out would shift the label "
+                         f"of every class after {'it' if one else 'them'}: add images or remove the "
+                         f"folder{'' if one else 's'}")
+    return kept
+
+
+def numbered(found: dict[str, list[str]], label_of: dict[str, int]) -> list[Item]:
+    """Items of the class folders in sorted order; keys count from 0 (im2rec's image index)."""
+    paths = [(cls, rel) for cls in sorted(found) for rel in found[cls]]
+    return [Item(key, label_of[cls], rel) for key, (cls, rel) in enumerate(paths)]
 
 
 def _seen_before(path: str, first: str | None) -> str | None:
@@ -386,18 +442,19 @@ def _first_image(folder: Path, exts: Iterable[str]) -> str | None:
 # Writing one split
 
 
-def processed(root: Path, items: Sequence[Item], num_thread: int, verify: bool, max_pixels: int) -> Iterator[Result]:
+def processed(root: Path, items: Sequence[Item], num_thread: int, checker: DecodeChecker | None,
+              max_pixels: int) -> Iterator[Result]:
     """``process`` over ``items`` on ``num_thread`` threads, results in order. At most 4 images per thread are in
     flight, so memory stays bounded; closing the generator (an error or a signal in the caller) cancels the rest and
     waits only for the images being read now."""
     pool = cf.ThreadPoolExecutor(max_workers=num_thread)
     try:
         todo = iter(items)
-        window = collections.deque(pool.submit(process, root, item, verify, max_pixels)
+        window = collections.deque(pool.submit(process, root, item, checker, max_pixels)
                                    for item in itertools.islice(todo, 4 * num_thread))
         while window:
             res = window.popleft().result()
-            window.extend(pool.submit(process, root, item, verify, max_pixels) for item in itertools.islice(todo, 1))
+            window.extend(pool.submit(process, root, item, checker, max_pixels) for item in itertools.islice(todo, 1))
             yield res
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -412,8 +469,8 @@ def naming(path: Path) -> Iterator[None]:
         raise output_error(path, err) from None
 
 
-def prepare_split(root: Path, items: list[Item], out_prefix: Path, num_thread: int, shuffle: bool, verify: bool,
-                  progress: bool = True, max_pixels: int = MAX_PIXELS,
+def prepare_split(root: Path, items: list[Item], out_prefix: Path, num_thread: int, shuffle: bool,
+                  checker: DecodeChecker | None, progress: bool = True, max_pixels: int = MAX_PIXELS,
                   stop: StopFlag | None = None) -> tuple[int, list[Result], collections.Counter]:
     """Write ``<prefix>.lst/.rec/.idx`` for ``items``; return (records written, skipped results, action counts)."""
     from tqdm import tqdm
@@ -427,7 +484,7 @@ def prepare_split(root: Path, items: list[Item], out_prefix: Path, num_thread: i
     rec_path, idx_path, lst_path = (out_prefix.with_suffix(s) for s in (".rec", ".idx", ".lst"))
     with atomic_path(rec_path) as rec_tmp, atomic_path(idx_path) as idx_tmp, atomic_path(lst_path) as lst_tmp:
         with naming(rec_path), open(rec_tmp, "wb") as rec, \
-                contextlib.closing(processed(root, order, num_thread, verify, max_pixels)) as results, \
+                contextlib.closing(processed(root, order, num_thread, checker, max_pixels)) as results, \
                 tqdm(total=len(order), desc=out_prefix.name, unit="img", disable=not progress or None,
                      file=sys.stderr) as bar:
             writer = IndexedRecordWriter(rec)
@@ -473,7 +530,9 @@ EPILOG = (f"Links are followed (each real folder once; loops, broken links and u
           f"escapes stand for a backslash (\\\\), tab (\\t), newline (\\n), carriage return (\\r), other control "
           f"characters and whitespace at either end of the path (\\xHH), and Unicode line separators (\\uHHHH); "
           f"plain names are written as im2rec writes them, classes.txt writes folder names the same way, and "
-          f"unescape_path() in this file reverses the escapes. "
+          f"unescape_path() in this file reverses the escapes. Labels are the positions of the sorted class-folder "
+          f"names of the training tree; a class folder without images is refused, one that holds an earlier output "
+          f"(classes.txt, *.rec, *.idx, *.lst) and no images is left out and listed. "
           f"Exit status: 0 done, {EXIT_USAGE} bad arguments or trees, {EXIT_OUTPUT} an output could not be written "
           f"(full disk, permissions), 128 + the signal when stopped by SIGINT (130) or SIGTERM (143); temporary "
           f"files are always removed.")
@@ -493,8 +552,9 @@ def build_parser() -> Parser:
     p.add_argument("--no-shuffle", dest="shuffle", action="store_false",
                    help="keep records in sorted order (default: shuffled with a fixed seed, as im2rec does)")
     p.add_argument("--verify", action="store_true",
-                   help="also decode every pass-through JPEG to catch corruption inside the entropy-coded data "
-                        "(slower; the default checks the JPEG structure only)")
+                   help="also decode every JPEG strictly, as tools/check_rec.py --decode does, and skip those whose "
+                        "decoder reports corrupt or truncated data (slower; one decoding process per thread, at most "
+                        "one per core; the default checks the JPEG structure and its end marker only)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help="skip (and list) any image whose header claims more pixels (width x height, read from the "
                         "JPEG frame header or PNG IHDR without decoding). The default, 100,000,000, is 2.6 times "
@@ -508,8 +568,9 @@ def build_parser() -> Parser:
 def prepare(train_dir: Path | None, val_dir: Path | None, data_root: Path, num_thread: int,
             exts: Sequence[str] = DEFAULT_EXTS, shuffle: bool = True, verify: bool = False,
             progress: bool = True, max_pixels: int = MAX_PIXELS, stop: StopFlag | None = None) -> dict:
-    """Prepare the given trees into ``data_root``. Returns {split: {"records": n, "copied": n, "converted": {why: n},
-    "skipped": [(image path, why)], "left_out": [(path, why)] (links and folders of the tree)}}."""
+    """Prepare the given trees into ``data_root``. Returns {"classes": [folder names, in label order], split:
+    {"records": n, "copied": n, "converted": {why: n}, "skipped": [(image path, why)], "left_out": [(path, why)]
+    (links and folders of the tree)}}. ``verify``: every JPEG is decoded by ``recfile.DecodeChecker`` first."""
     if train_dir is None and val_dir is None:
         raise UsageError("give --train-dir and/or --val-dir (ImageNet-style <dir>/<class>/<image> trees)")
     if num_thread < 1:
@@ -526,22 +587,33 @@ def prepare(train_dir: Path | None, val_dir: Path | None, data_root: Path, num_t
     if train_dir is not None and val_dir is not None and os.path.samefile(train_dir, val_dir):
         warn(f"--val-dir {val_dir} is the same folder as --train-dir {train_dir}: the validation set equals the "
              "training set")
-    classes = sorted(tops[splits[0][0]][0])
+    left_out = {name: list(tops[name][1]) for name, _, _ in splits}
+    found = {}
+    for n, (name, d, flag) in enumerate(splits):  # the first tree (train, if given) defines the labels
+        images, left_out_inside = list_images(d, tops[name][0], exts, flag, exclude, stop)
+        left_out[name] += left_out_inside
+        found[name] = class_images(d, flag, images, left_out[name], exts, defines_labels=n == 0)
+    classes = sorted(found[splits[0][0]])
     label_of = {c: i for i, c in enumerate(classes)}
-    listed = {name: list_images(d, tops[name][0], label_of, exts, flag, exclude, stop) for name, d, flag in splits}
-    summary: dict = {}
+    for name, d, flag in splits[1:]:
+        for cls in sorted(found[name]):
+            if cls not in label_of:
+                raise UsageError(f"{flag} {d}: class folder '{shown(cls)}' is not among the training classes "
+                                 f"(val must use the train folder names)")
+    summary: dict = {"classes": classes}
     try:
-        for name, d, _ in splits:
-            written, skipped, counts = prepare_split(d, listed[name][0], data_root / name, num_thread, shuffle,
-                                                     verify, progress, max_pixels, stop)
-            if not summary:
-                write_classes(data_root / "classes.txt", classes)
-            converted = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("converted:")}
-            summary[name] = {"records": written, "copied": counts["copied"], "converted": converted,
-                             "skipped": [(str(d / r.item.relpath), r.action.split(":", 1)[1]) for r in skipped],
-                             "left_out": tops[name][1] + listed[name][1]}
+        with DecodeChecker(min(num_thread, available_cores())) if verify else contextlib.nullcontext() as checker:
+            for name, d, _ in splits:
+                written, skipped, counts = prepare_split(d, numbered(found[name], label_of), data_root / name,
+                                                         num_thread, shuffle, checker, progress, max_pixels, stop)
+                if name == splits[0][0]:
+                    write_classes(data_root / "classes.txt", classes)
+                converted = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("converted:")}
+                summary[name] = {"records": written, "copied": counts["copied"], "converted": converted,
+                                 "skipped": [(str(d / r.item.relpath), r.action.split(":", 1)[1]) for r in skipped],
+                                 "left_out": left_out[name]}
     except Interrupted as err:
-        err.complete = list(summary)
+        err.complete = [name for name, _, _ in splits if name in summary]
         raise
     return summary
 
@@ -552,8 +624,18 @@ def interrupted_message(err: Interrupted) -> str:
     return f"{PROG}: interrupted ({signal.Signals(err.signum).name}); {state}, temporary files removed"
 
 
+def label_mapping(classes: Sequence[str], most: int = 8) -> str:
+    """``0 <folder>, 1 <folder>, ...`` for the summary: every class up to ``most``, else the first three, ``...``
+    and the last two."""
+    pairs = [f"{i} {shown(c)}" for i, c in enumerate(classes)]
+    return ", ".join(pairs if len(pairs) <= most else pairs[:3] + ["..."] + pairs[-2:])
+
+
 def print_summary(summary: dict, data_root: Path) -> None:
-    for name, s in summary.items():
+    for name in ("train", "val"):
+        if name not in summary:
+            continue
+        s = summary[name]
         conv = ", ".join(f"{v} {k}" for k, v in sorted(s["converted"].items())) or "none"
         print(f"{name}: {s['records']} records in {shown(data_root / name)}.rec "
               f"({s['copied']} JPEGs copied as they are; converted to RGB JPEG q{JPEG_QUALITY}: {conv})")
@@ -563,7 +645,9 @@ def print_summary(summary: dict, data_root: Path) -> None:
                 print(f"{name}: skipped {len(entries)} {what}:")
                 for path, why in entries:
                     print(f"  {shown(path)}: {why}")
-    print(f"classes: {shown(data_root / 'classes.txt')}")
+    classes = summary["classes"]
+    print(f"classes: {len(classes)}, labelled by sorted folder name: {label_mapping(classes)} "
+          f"(all in {shown(data_root / 'classes.txt')})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
