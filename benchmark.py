@@ -29,14 +29,16 @@ The summary JSON keeps the shape of NVIDIA's (``model``, ``ngpus``, ``bs``, ``me
 
 It prints the img/s, weak-scaling and speedup tables (errors shown in their cells) and writes a PNG (``--plot``) of
 img/s against batch size per device count and of weak scaling against device count. Exit status: 0 when every cell
-produced numbers, 1 when some failed (the JSON and PNG are written all the same), 2 for bad flags.
+produced numbers, 1 when some failed (the JSON and PNG are written all the same), 2 for bad flags or outputs that
+cannot be written (checked before any configuration runs). SIGINT/SIGTERM are passed on to the running
+configuration's runner (it stops within a batch and writes its report); the sweep then stops with nothing left
+running, exit 130/143, and writes no summary.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -48,7 +50,8 @@ if VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve()
     os.execv(str(VENV_PY), [str(VENV_PY), __file__, *sys.argv[1:]])  # use the project's environment (make install)
 sys.path.insert(0, str(ROOT))
 
-from common import Parser, UsageError, atomic_path, available_cores, int_list, run_main, write_json  # noqa: E402
+from common import (Children, Parser, UsageError, atomic_path, available_cores, check_writable,  # noqa: E402
+                    end_groups, int_list, run_main, write_json)
 
 SCHEMA = "rn50-benchmark/1"
 TRAIN_KEYS = ["train.total_ips"]
@@ -119,7 +122,7 @@ def runner_cmd(args, extra, dtype, n, bs, report: Path, w: int = 1) -> list:
     return cmd + extra
 
 
-def run_cell(args, extra, dtype, n, bs, run_dir: Path, w: int = 1) -> dict:
+def run_cell(args, extra, dtype, n, bs, run_dir: Path, w: int = 1, kids: Children | None = None) -> dict:
     """Run one configuration; return ``{"values": {key: number}}`` or ``{"error": str}``, plus run details."""
     tag = f"{dtype or 'default'}-n{n}-b{bs}" + (f"-w{w}" if w > 1 else "")
     report, logf = run_dir / f"{tag}.json", run_dir / f"{tag}.log"
@@ -129,13 +132,14 @@ def run_cell(args, extra, dtype, n, bs, run_dir: Path, w: int = 1) -> dict:
     info = {"report": str(report), "log": str(logf), "cmd": cmd}
     t0 = time.perf_counter()
     with open(logf, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = (kids or Children()).popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            end_groups([proc], grace=15.0)
             rc = None
+    if kids is not None:
+        kids.check()  # a signal was passed on to the runner, which has ended: the sweep stops here
     info["wall_s"] = round(time.perf_counter() - t0, 2)
     info["exit_status"] = rc
     if rc is None:
@@ -144,19 +148,6 @@ def run_cell(args, extra, dtype, n, bs, run_dir: Path, w: int = 1) -> dict:
         why = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
         return dict(info, error=f"runner {why}: {_last_line(logf)}")
     return dict(info, **read_report(report, args))
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _last_line(path: Path) -> str:
@@ -370,18 +361,21 @@ def main(argv=None) -> int:
                     for bs in args.batch_sizes:
                         print(" ".join(runner_cmd(args, extra, d, n, bs, run_dir / "REPORT.json", w)))
         return 0
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(args.output, "-o")
+    check_writable(plot_path, "--plot")
+    check_writable(run_dir / "probe.json", f"-o {args.output} (its runs folder {run_dir})")
     cells = {}
-    for d in args.dtype or [None]:
-        for w in args.workers:
-            for n in args.ngpus:
-                for bs in args.batch_sizes:
-                    print(f"benchmark: dtype {d or 'default'}, {w} worker(s) x {n} device(s), batch {bs} per device "
-                          "...", file=sys.stderr, flush=True)
-                    c = cells[(d, w, n, bs)] = run_cell(args, extra, d, n, bs, run_dir, w)
-                    ips = (c.get("values") or {}).get(IPS_KEY["inference" if args.only_inference else "train"])
-                    print(f"  -> {_fmt(ips)} img/s" if "error" not in c else f"  -> error: {c['error']}",
-                          file=sys.stderr, flush=True)
+    with Children("benchmark.py") as kids:
+        for d in args.dtype or [None]:
+            for w in args.workers:
+                for n in args.ngpus:
+                    for bs in args.batch_sizes:
+                        print(f"benchmark: dtype {d or 'default'}, {w} worker(s) x {n} device(s), batch {bs} per "
+                              "device ...", file=sys.stderr, flush=True)
+                        c = cells[(d, w, n, bs)] = run_cell(args, extra, d, n, bs, run_dir, w, kids)
+                        ips = (c.get("values") or {}).get(IPS_KEY["inference" if args.only_inference else "train"])
+                        print(f"  -> {_fmt(ips)} img/s" if "error" not in c else f"  -> error: {c['error']}",
+                              file=sys.stderr, flush=True)
     summary = summarize(args, extra, cells)
     write_json(args.output, summary)
     plot(summary, plot_path)

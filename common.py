@@ -5,7 +5,8 @@
 * ``atomic_path`` / ``write_json``: every output file is written under a temporary name in its own directory and
   renamed into place only when complete, so a crash or Ctrl-C never leaves a file that looks finished; a full disk
   becomes an ``OutputError`` naming the file.
-* ``StopFlag``: SIGINT/SIGTERM become a flag that long loops read between steps.
+* ``StopFlag``: SIGINT/SIGTERM become a flag that long loops read between steps; ``Children``, the same for a
+  process that starts others: the signal is passed on to their process groups, and it exits once they have ended.
 * ``config_from``: a frozen config dataclass filled from parsed flags of the same names (only ``train.py`` and the
   command-line entry points hold an ``argparse.Namespace``).
 * ``available_cores`` / ``num_gpus``: what this machine offers, asked the way the rest of the toolkit needs it.
@@ -21,8 +22,10 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -31,6 +34,7 @@ EXIT_DIVERGED = 3  # the loss became NaN or infinite
 EXIT_DATA = 4  # a record of the data set cannot be read or decoded
 EXIT_OUTPUT = 5  # an output could not be written (no space left, permissions)
 EXIT_ABORTED = 6  # MLPerf mode: the epochs ran out before an evaluation reached --target-accuracy
+EXIT_NOT_STARTED = 7  # a job of several processes did not come together within --dist-start-timeout
 FP16_NEEDS_GPU = ("--dtype float16 needs a GPU (MXNet's CPU backend has no FP16 convolution or GEMM); "
                   "use --dtype float32 on CPU")
 BF16_NEEDS_CPU = ("--dtype bfloat16 is for CPU devices (MXNet 1.9 has no bfloat16 GPU kernels); use --dtype float16 "
@@ -165,6 +169,15 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
+def prefix_arg(text: str) -> Path:
+    """argparse type: a file-name prefix (a folder and the start of a name, e.g. ``runs/model``); one ending in
+    ``/`` names a folder, and the files would land beside it as ``runs-0001.params``."""
+    if text.endswith("/"):
+        raise argparse.ArgumentTypeError(f"'{text}' ends in '/', a folder; give the folder and a name, e.g. "
+                                         f"{text}model")
+    return path_arg(text)
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
     try:
@@ -234,6 +247,113 @@ class StopFlag:
             signal.signal(s, h)
 
 
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the process group that ``proc`` leads (a child started in a session of its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def end_groups(procs: Sequence[subprocess.Popen], grace: float) -> None:
+    """End the groups of ``procs`` still running: SIGTERM, then SIGKILL to those left after ``grace`` seconds;
+    returns once every one has been reaped (a group member that outlives its leader is killed with it)."""
+    alive = [p for p in procs if p.poll() is None]
+    for p in alive:
+        signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(p.poll() is None for p in alive):
+        time.sleep(0.05)
+    for p in procs:
+        signal_group(p, signal.SIGKILL)  # the leader's exit does not end the rest of its group
+    for p in alive:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=10)
+
+
+class Children(StopFlag):
+    """``StopFlag`` for a process that starts others (the launcher, ``benchmark.py``, the drivers and bench tools).
+
+    Every child leads a session of its own, so a terminal's Ctrl-C reaches this process alone, and SIGINT/SIGTERM
+    are passed on from here to the group of every running child started with ``forward=True``; ``run`` waits for
+    the child and raises ``Stopped`` once it has ended, so the caller exits 128 + the signal with nothing left
+    running (``run_main`` says so in one line). A second signal kills every child's group and exits at once. On
+    leaving the block, children still running are ended (SIGTERM, then SIGKILL after ``grace`` seconds)."""
+
+    active: "Children | None" = None  # the innermost entered one (``run_child`` starts its children there)
+
+    def __init__(self, prog: str | None = None, grace: float = 10.0):
+        super().__init__(prog)
+        self.grace = grace
+        self.procs: list[subprocess.Popen] = []
+        self._forward: set[int] = set()
+        self._outer: Children | None = None
+
+    def __enter__(self):
+        self._outer, Children.active = Children.active, self
+        return super().__enter__()
+
+    def popen(self, cmd: Sequence[str], forward: bool = True, **kwargs) -> subprocess.Popen:
+        """Start ``cmd`` (``subprocess.Popen``'s keywords) in a session of its own; a signal that came before is
+        passed on to it at once."""
+        proc = subprocess.Popen([str(c) for c in cmd], start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        if forward:
+            self._forward.add(proc.pid)
+            if self.signum is not None:
+                signal_group(proc, self.signum)
+        return proc
+
+    def run(self, cmd: Sequence[str], timeout: float | None = None, check: bool = False,
+            capture_output: bool = False, **kwargs) -> subprocess.CompletedProcess:
+        """``subprocess.run`` through ``popen``: a signal is passed on to the child, and ``Stopped`` raised once it
+        has ended; at ``timeout`` its group is ended and ``subprocess.TimeoutExpired`` raised."""
+        if capture_output:
+            kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = self.popen(cmd, **kwargs)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            end_groups([proc], grace=5.0)
+            raise
+        finally:
+            if proc.poll() is not None:
+                self.procs.remove(proc)
+        self.check()
+        if check and proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            for proc in self.procs:
+                if proc.pid in self._forward and proc.poll() is None:
+                    signal_group(proc, signum)
+            return
+        for proc in self.procs:
+            signal_group(proc, signal.SIGKILL)
+        super()._handle(signum, frame)
+
+    def end(self, grace: float | None = None) -> None:
+        """End every child still running (``end_groups``)."""
+        end_groups(self.procs, self.grace if grace is None else grace)
+        self.procs = [p for p in self.procs if p.poll() is None]
+
+    def __exit__(self, *exc):
+        try:
+            self.end()
+        finally:
+            Children.active = self._outer
+            super().__exit__(*exc)
+
+
+def run_child(cmd: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` for the tools: through the entered ``Children`` (signals passed on, ``Stopped`` once the
+    child has ended), or plainly where none is entered. Keywords: ``Children.run``'s and ``Popen``'s."""
+    if Children.active is not None:
+        return Children.active.run(cmd, **kwargs)
+    return subprocess.run([str(c) for c in cmd], **kwargs)
+
+
 def int_list(text: str) -> tuple[int, ...]:
     """argparse type: "1,2,4" -> (1, 2, 4)."""
     try:
@@ -284,6 +404,9 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_status
+    except Stopped as stop:
+        print(f"{prog}: stopped by {stop}; the processes it started have ended", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (SIGINT)", file=sys.stderr)
         return 128 + signal.SIGINT

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import stat
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +169,54 @@ def test_score_fp32_reproduces_the_training_top1(tmp_path, demo_root):
     top1 = float(re.search(r"Score\[0\]: top-1 ([0-9.]+)%", res.stderr).group(1))
     assert top1 == pytest.approx(trained, abs=0.005)
     assert trained > 30  # four epochs of ResNet-18 already learn the digits well past chance (10%)
+
+
+def processes_with(marker: str) -> list[int]:
+    """The live processes whose command line holds ``marker`` (zombies left out)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and marker in (d / "cmdline").read_text() and \
+                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.append(int(d.name))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_sweep_and_the_cell_it_runs(tmp_path, sig):
+    """SIGINT (a terminal's Ctrl-C reaches benchmark.py alone: each cell runs in a session of its own) or SIGTERM to
+    benchmark.py while a cell trains: the signal is passed on to that cell's runner, which stops within a batch and
+    writes its report; the sweep then exits 128 + the signal with one line, nothing left running, no summary."""
+    out = tmp_path / "sweep.json"
+    p = subprocess.Popen([PY, BENCH, "-n", "1", "-b", "4,8", "-i", "100000", "-o", out, "--data-backend", "synthetic",
+                          *TINY, "--disp-batches", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    log = tmp_path / "sweep-runs" / "default-n1-b4.log"
+    deadline = time.monotonic() + 300
+    try:
+        while "Batch[2/" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_with(str(tmp_path / "sweep-runs")), "the cell's runner is not running"
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 128 + sig, err
+    name = signal.Signals(sig).name
+    assert err.strip().splitlines()[-1] == f"benchmark.py: stopped by {name}; the processes it started have ended"
+    assert "Traceback" not in err and "batch 8 per device" not in err  # the next cell never started
+    assert processes_with(str(tmp_path / "sweep-runs")) == []
+    assert json.loads((tmp_path / "sweep-runs" / "default-n1-b4.json").read_text())["status"] == "interrupted"
+    assert not out.exists()
+
+
+def test_unwritable_output_is_one_line_before_any_cell(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    res = run([PY, BENCH, "-n", "1", "-b", "4", "-i", "2", "-o", tmp_path / "file" / "sweep.json",
+               "--data-backend", "synthetic", *TINY], timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith(f"benchmark.py: error: -o {tmp_path / 'file' / 'sweep.json'}: cannot write there")
+    assert len(res.stderr.strip().splitlines()) == 1 and "benchmark: dtype" not in res.stderr

@@ -27,7 +27,8 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import Parser, available_cores, float_list, num_gpus, run_main, write_json  # noqa: E402
+from common import (Children, Parser, available_cores, float_list, num_gpus, run_child, run_main,  # noqa: E402
+                    write_json)
 
 
 def make_photo_tree(root: Path, n: int, seed: int = 0) -> int:
@@ -72,7 +73,7 @@ def gpu_name() -> str | None:
 
 def time_cmd(args: Sequence) -> float:
     t0 = time.perf_counter()
-    subprocess.run([str(a) for a in args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_child([str(a) for a in args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 
@@ -149,7 +150,7 @@ def bench_pipelines_direct(data_root: Path, backends: Sequence[str], batch: int,
             name = backend if load is None else f"{backend} (hw decoder load {load:g})"
             r = results.setdefault(name, {"train": [], "val": []})
             for split in ("train", "val"):
-                out = subprocess.run([sys.executable, __file__, "--time-one", json.dumps(
+                out = run_child([sys.executable, __file__, "--time-one", json.dumps(
                     [str(data_root), backend, load, split, batch, threads, iters])], capture_output=True, text=True)
                 if out.returncode != 0:
                     raise RuntimeError(f"{name} {split}: {out.stderr.strip().splitlines()[-1:]}")
@@ -192,9 +193,9 @@ def main(argv=None) -> int:
         nbytes = make_photo_tree(tmp / "raw" / "train", args.images)
         make_photo_tree(tmp / "raw" / "val", max(args.batch_size, args.images // 4), seed=1)
         prep = {} if args.pipelines_only else bench_prepare(tmp / "raw" / "train", tmp, args.threads, args.repeats)
-        subprocess.run([sys.executable, ROOT / "tools" / "prepare_dataset.py", "--train-dir", tmp / "raw" / "train",
-                        "--val-dir", tmp / "raw" / "val", "--data-root", tmp / "rec", "--quiet"], check=True,
-                       stdout=subprocess.DEVNULL)
+        run_child([sys.executable, ROOT / "tools" / "prepare_dataset.py", "--train-dir", tmp / "raw" / "train",
+                  "--val-dir", tmp / "raw" / "val", "--data-root", tmp / "rec", "--quiet"], check=True,
+                  stdout=subprocess.DEVNULL)
         if args.pipelines_only:
             pipes = bench_pipelines_direct(tmp / "rec", [b for b in backends if b.startswith("dali")],
                                            args.batch_size, args.threads, args.iters, args.repeats,
@@ -229,4 +230,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    with Children("bench_data.py"):  # a signal reaches the process it runs, and it ends with it
+        sys.exit(run_main(main))

@@ -36,7 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import MALLOC_ENV, Parser, available_cores, cpu_bf16_flags, int_list, run_main, write_json  # noqa: E402
+from common import (Children, MALLOC_ENV, Parser, available_cores, cpu_bf16_flags, int_list, run_child,  # noqa: E402
+                    run_main, write_json)
 
 PCTS = (50, 90, 99)
 
@@ -87,7 +88,7 @@ def run_ours(batch: int, size: int, iters: int, tmp: Path, dtype: str, subgraph:
         env.pop(k, None)
     if not subgraph:
         env["MXNET_SUBGRAPH_BACKEND"] = "NONE"
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_child(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     m = json.loads(report.read_text())["metrics"]
     out = {"img_per_s": m["val.total_ips"][0], "latency_ms_avg": m["val.latency_ms_avg"][0]}
     out.update({f"latency_ms_p{p}": m[f"val.latency_ms_p{p}"][0] for p in PCTS})
@@ -100,9 +101,9 @@ def run_gluon(batch: int, size: int, iters: int, dtype: str, malloc: bool = Fals
         env.pop(k, None)
     if malloc:
         env.update(MALLOC_ENV)
-    out = subprocess.run([sys.executable, __file__, "--gluon-worker", "-b", str(batch), "--image-size", str(size),
-                          "-i", str(iters), "--dtype", dtype], check=True, cwd=ROOT, env=env, capture_output=True,
-                         text=True)
+    out = run_child([sys.executable, __file__, "--gluon-worker", "-b", str(batch), "--image-size", str(size),
+                    "-i", str(iters), "--dtype", dtype], check=True, cwd=ROOT, env=env, capture_output=True,
+                    text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -175,4 +176,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    with Children("bench_infer.py"):  # a signal reaches the process it runs, and it ends with it
+        sys.exit(run_main(main))

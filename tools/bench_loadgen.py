@@ -40,7 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import MALLOC_ENV, Parser, UsageError, available_cores, cpu_model, run_main, write_json  # noqa: E402
+from common import (Children, MALLOC_ENV, Parser, UsageError, available_cores, cpu_model, run_child,  # noqa: E402
+                    run_main, write_json)
 
 SHAPE = "3,{0},{0}"
 SERVER_QUERIES = 600
@@ -55,8 +56,8 @@ def _env() -> dict:
 
 
 def _run(cmd, what: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    res = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                         timeout=timeout)
+    res = run_child([str(c) for c in cmd], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                    timeout=timeout)
     if res.returncode != 0:
         tail = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"{what} failed (exit {res.returncode}): {tail}")
@@ -245,4 +246,5 @@ def print_scenarios(result: dict, args) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    with Children("bench_loadgen.py"):  # a signal reaches the process it runs, and it ends with it
+        sys.exit(run_main(main))

@@ -34,7 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import MALLOC_ENV, Parser, UsageError, available_cores, run_main, write_json  # noqa: E402
+from common import (Children, MALLOC_ENV, Parser, UsageError, available_cores, run_child, run_main,  # noqa: E402
+                    write_json)
 
 MiB = 1 << 20
 
@@ -127,8 +128,8 @@ def child_env(cfg: Config) -> dict:
 
 def measure(cfg: Config, timeout: float = 900) -> dict:
     """Run ``cfg`` in a fresh child process; return its ``child`` result."""
-    res = subprocess.run([sys.executable, __file__, "--child", json.dumps(asdict(cfg))], env=child_env(cfg),
-                         capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    res = run_child([sys.executable, __file__, "--child", json.dumps(asdict(cfg))], env=child_env(cfg),
+                    capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"{cfg.label}: child exited {res.returncode}\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -293,4 +294,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    with Children("bench_memory.py"):  # a signal reaches the process it runs, and it ends with it
+        sys.exit(run_main(main))

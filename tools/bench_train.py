@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import Parser, available_cores, cpu_bf16_flags, run_main, write_json  # noqa: E402
+from common import Children, Parser, available_cores, cpu_bf16_flags, run_child, run_main, write_json  # noqa: E402
 
 
 def gluon_worker(kind: str, batch: int, size: int, iters: int) -> dict:
@@ -79,15 +79,15 @@ def run_ours(n: int, batch: int, size: int, iters: int, tmp: Path, dtype: str = 
     cmd = [str(ROOT / "runner"), "-n", str(n), "-b", str(batch // n), "-e", "1", "--data-backend", "synthetic",
            "--image-shape", f"3,{size},{size}", "--benchmark-iters", str(iters), "--no-val", "--no-metrics",
            "--dtype", dtype, "--report", str(report)]
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_child(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = json.loads(report.read_text())
     return {"img_per_s": r["metrics"]["train.total_ips"][0]}
 
 
 def run_gluon(kind: str, batch: int, size: int, iters: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(available_cores()))
-    out = subprocess.run([sys.executable, __file__, "--gluon-worker", kind, "-b", str(batch), "--image-size",
-                          str(size), "-i", str(iters)], check=True, cwd=ROOT, env=env, capture_output=True, text=True)
+    out = run_child([sys.executable, __file__, "--gluon-worker", kind, "-b", str(batch), "--image-size",
+                    str(size), "-i", str(iters)], check=True, cwd=ROOT, env=env, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -156,4 +156,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    with Children("bench_train.py"):  # a signal reaches the process it runs, and it ends with it
+        sys.exit(run_main(main))
