@@ -1,6 +1,7 @@
 """tools/mlperf_score.py: MLPerf ResNet result sets made by hand (our layout and another submitter's), scored with
-mlperf-logging's real compliance and RCP checkers and compared with its result summarizer; bad input; the driver's
-flags, and its run loop with a stand-in runner (the toolkit's end-to-end run belongs to test_mlperf.py)."""
+mlperf-logging's real compliance and RCP checkers and compared with its result summarizer; the rules of a valid set
+(compliant logs, distinct seeds, convergence, 5 runs), each broken by one log; bad input; the driver's flags, and
+its run loop with a stand-in runner (the toolkit's end-to-end run belongs to test_mlperf.py)."""
 from __future__ import annotations
 
 import io
@@ -119,6 +120,7 @@ FIVE = [dict(minutes=30.0), dict(minutes=31.5, style="other"), dict(minutes=29.0
 ONE_ABORTED = [dict(minutes=30.0), dict(minutes=31.5, style="other"), dict(minutes=41.0, epochs=37, accuracy=0.7584,
                                                                              status=C.ABORTED),
                dict(minutes=29.0), dict(minutes=30.5, style="other")]
+ABORTED_OTHER = dict(minutes=41.0, epochs=37, accuracy=0.7584, status=C.ABORTED, style="other")
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +139,22 @@ def scored(tmp_path_factory):
         "bs64_36": [dict(batch=64, epochs=36, minutes=600 + i) for i in range(5)],
         "bs64_30": [dict(batch=64, epochs=30, minutes=600 + i) for i in range(5)],
         "bs3264_30": [dict(epochs=31 if i == 0 else 30, minutes=25 + i) for i in range(5)],
+        "other_aborted": [dict(minutes=30.0 + i, style="other") for i in range(4)] + [ABORTED_OTHER],
+        "aborted_broken": [*FIVE[:4], dict(ABORTED_OTHER, drop=(C.EVAL_SAMPLES,))],
+        "success_below_target": [*FIVE[:4], dict(minutes=28.0, accuracy=0.75)],
+        "no_status": [dict(minutes=30.0 + i, style="other") for i in range(5)],
+        "text_batch": [*FIVE[:4], dict(minutes=28.0, batch="3264", style="other")],
+        "same_seed": [*FIVE[:3], dict(FIVE[3], seed=2), FIVE[4]],
+        "no_seed": [*FIVE[:2], dict(FIVE[2], drop=(C.SEED,)), *FIVE[3:]],
+        "six": [*FIVE, dict(minutes=32.0)],
+        "many_problems": [FIVE[0], dict(FIVE[1], seed=1), dict(FIVE[2], drop=(C.GLOBAL_BATCH_SIZE,)), ABORTED_OTHER],
     }
     out = {}
     for name, runs in sets.items():
         folder = make_set(base / name / "results" / "example" / "resnet", runs)
+        if name == "no_status":  # run 1's run_stop has no status: the checker fails one record, by its index
+            log = folder / "result_1.txt"
+            log.write_text(log.read_text().replace(', "status": "success"', ""))
         report = base / name / "score.json"
         rc, stdout, stderr = score([folder, "--json", report])
         out[name] = (folder, rc, stdout, stderr, json.loads(report.read_text()))
@@ -167,9 +181,9 @@ def test_json_contents(scored):
     assert rep["counted"] == ["result_0.txt", "result_4.txt", "result_1.txt"]
     run = rep["runs"][3]
     assert run == {"file": "result_3.txt", "minutes": pytest.approx(33.0), "epochs": 39, "status": "success",
-                   "converged": True, "checker": "PASS", "checker_reason": None, "best_accuracy": 0.7601,
-                   "division": "closed", "benchmark": "resnet", "global_batch_size": 3264, "opt_name": "lars",
-                   "seed": 4}
+                   "converged": True, "checker": "PASS", "checker_reason": None, "compliant": True,
+                   "best_accuracy": 0.7601, "division": "closed", "benchmark": "resnet", "global_batch_size": 3264,
+                   "opt_name": "lars", "seed": 4}
     assert rep["rcp"]["applicable"] and rep["rcp"]["verdict"] == "PASS" and rep["rcp"]["global_batch_size"] == 3264
     assert rep["rcp"]["rcp_batch_sizes"][0] == 1632 and rep["rcp"]["rcp_batch_sizes"][-1] == 67840
 
@@ -179,7 +193,10 @@ def test_one_not_converged_is_the_dropped_slowest(scored):
     assert rc == 0, out + err
     aborted = rep["runs"][2]
     assert aborted["status"] == "aborted" and not aborted["converged"] and aborted["checker"] == "FAIL"
-    assert "eval_accuracy" in aborted["checker_reason"]  # below 0.759: the closed division's checker says no
+    assert aborted["checker_reason"].startswith("Failed checks for eval_accuracy")  # below 0.759: the checker says no
+    assert aborted["compliant"] is True and rep["valid"] is True and "result: valid" in out
+    assert "result_2.txt: compliance checker FAIL: Failed checks for eval_accuracy : v['value'] >= 0.7590 and " \
+           "v['value'] < 1.0 (the quality target only, in a run that stopped aborted: not converged)" in out
     assert aborted["epochs"] == 37 and aborted["best_accuracy"] == pytest.approx(0.7584)
     expected = (30.0 + 30.5 + 31.5) / 3  # 29.0 (fastest) and the aborted run dropped
     assert rep["score_minutes"] == pytest.approx(expected) == pytest.approx(summarizer_score(folder))
@@ -196,23 +213,92 @@ def test_two_not_converged_is_invalid(scored):
     assert rep["rcp"]["verdict"] == "FAIL" and rep["rcp"]["message"] == "Insufficient convergence"
 
 
-def test_checker_failure_counts_as_not_converged(scored):
-    _, rc, out, _, rep = scored["no_batch"]
+def test_one_aborted_in_another_submitters_shape_is_valid(scored):
+    """Rank prefixes, block keys only, 8 init_starts: the aborted run fails the checker on the target alone."""
+    folder, rc, out, err, rep = scored["other_aborted"]
+    assert rc == 0 and rep["valid"] is True, out + err
+    assert [(r["checker"], r["compliant"]) for r in rep["runs"]] == [("PASS", True)] * 4 + [("FAIL", True)]
+    assert rep["score_minutes"] == pytest.approx((31.0 + 32.0 + 33.0) / 3) == pytest.approx(summarizer_score(folder))
+
+
+def test_a_log_the_checker_fails_makes_the_set_invalid(scored):
+    folder, rc, out, _, rep = scored["no_batch"]
     bad = rep["runs"][4]
-    assert bad["status"] == "success" and bad["checker"] == "FAIL" and not bad["converged"]
+    assert bad["status"] == "success" and bad["checker"] == "FAIL" and not bad["converged"] and not bad["compliant"]
     assert bad["checker_reason"] == "Required EXACTLY_ONE occurrence of 'global_batch_size' but found 0"
     assert f"result_4.txt: compliance checker FAIL: {bad['checker_reason']}" in out
-    assert rc == 0 and rep["score_minutes"] == pytest.approx((30.0 + 31.5 + 33.0) / 3)  # the fastest run is gone
-    assert rep["score_minutes"] == pytest.approx(summarizer_score(scored["no_batch"][0]))
+    assert rc == 1 and rep["valid"] is False
+    assert rep["reason"] == f"result_4.txt fails the compliance checker: {bad['checker_reason']}"
+    assert f"result: INVALID: {rep['reason']}" in out
+    # still scored as the summarizer scores it (the failing run as the dropped slowest), and labelled invalid
+    assert rep["score_minutes"] == pytest.approx((30.0 + 31.5 + 33.0) / 3) == pytest.approx(summarizer_score(folder))
     assert rep["rcp"]["applicable"] is False and "global_batch_size" in rep["rcp"]["reason"]
+
+
+@pytest.mark.parametrize("name,reason", [
+    # an aborted run's log that fails on more than the target: the other failure is named, not the target
+    ("aborted_broken", "result_4.txt fails the compliance checker: Required EXACTLY_ONE occurrence of 'eval_samples' "
+                       "but found 0"),
+    # run_stop says success, yet no eval_accuracy reached 0.759
+    ("success_below_target", "result_4.txt fails the compliance checker: Failed checks for eval_accuracy : "
+                             "v['value'] >= 0.7590 and v['value'] < 1.0"),
+    # another submitter's shape; the checker names the record it rejects (0-based among the MLLOG records)
+    ("no_status", "result_1.txt fails the compliance checker: CHECK for 'run_stop' failed in line 75: failed test: "
+                  "'status' in v['metadata']"),
+    # a check the checker cannot evaluate (a global batch logged as text): its failing code is named
+    ("text_batch", "result_4.txt fails the compliance checker: Failed executing CHECK code: v['value'] > 0"),
+    ("same_seed", "result_1.txt and result_3.txt log the same seed 2 (MLPerf wants a different seed in every run)"),
+    ("no_seed", "result_2.txt logs no integer seed (MLPerf wants one in every run)"),
+])
+def test_one_bad_log_makes_the_set_invalid(scored, name, reason):
+    """Each set has 4 good runs and one log that the compliance checker or the seed rule rejects."""
+    _, rc, out, err, rep = scored[name]
+    assert rc == 1 and rep["valid"] is False and rep["reason"] == reason, out + err
+    assert f"result: INVALID: {reason}" in out and err == ""
+
+
+def test_invalid_reasons_in_the_rules_order(scored):
+    """Compliance first, then seeds, convergence, run count: the first reason is the first rule that fails."""
+    _, rc, out, _, rep = scored["many_problems"]
+    assert rc == 1 and rep["reason"] == "; ".join([
+        "result_2.txt fails the compliance checker: Required EXACTLY_ONE occurrence of 'global_batch_size' but "
+        "found 0",
+        "result_0.txt and result_1.txt log the same seed 1 (MLPerf wants a different seed in every run)",
+        "2 runs did not converge (result_2.txt, result_3.txt); MLPerf allows at most 1",
+        "not a valid MLPerf result: 4 runs (ResNet needs exactly 5)"])
+    assert [r["compliant"] for r in rep["runs"]] == [True, True, False, True]
+
+
+def test_six_runs_scored_but_not_valid(scored):
+    _, rc, out, _, rep = scored["six"]
+    assert rc == 1 and rep["valid"] is False and rep["score_minutes"] is not None
+    assert rep["reason"].startswith("not a valid MLPerf result: 6 runs (ResNet needs exactly 5; the rules let you")
+
+
+def test_seed_read_as_the_seed_checker_reads_it(tmp_path):
+    """An integer, a whole float or a decimal string is a seed (MLPerf's seed checker takes int(value)); a fraction,
+    a boolean or other text is not."""
+    for value, seed in (("7", 7), (" -3 ", -3), (8.0, 8), (8.5, None), (True, None), ("x7", None)):
+        assert mlperf_score.read_run(write_log(tmp_path / "result_0.txt", seed=value)).seed == seed, value
+
+
+@pytest.mark.e2e
+def test_command_line_invalid_set_exits_1(scored):
+    folder = scored["no_status"][0]
+    res = subprocess.run([PY, TOOL, folder], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and res.stderr == "" and "Traceback" not in res.stdout
+    assert "result: INVALID: result_1.txt fails the compliance checker: CHECK for 'run_stop' failed in line 75" \
+           in res.stdout
 
 
 def test_checker_crash_is_a_failure(tmp_path):
     """For a closed-division opt_name other than lars or sgd the checker itself dies (it opens a rules file named
-    after the optimizer): that run fails, with the checker's last line as the reason."""
+    after the optimizer): that log fails, with the checker's last line as the reason, and the set is invalid."""
     d = make_set(tmp_path / "resnet", [dict(), dict(opt_name="adam")])
     rc, out, err = score([d, "--json", tmp_path / "s.json"])
-    run = json.loads((tmp_path / "s.json").read_text())["runs"][1]
+    rep = json.loads((tmp_path / "s.json").read_text())
+    run = rep["runs"][1]
+    assert rep["reason"].startswith("result_1.txt fails the compliance checker: the compliance checker crashed")
     assert run["checker"] == "FAIL" and run["checker_reason"].startswith("the compliance checker crashed (exit 1): "
                                                                          "FileNotFoundError")
     assert "closed_resnet_adam.yaml" in run["checker_reason"] and "Traceback" not in out + err

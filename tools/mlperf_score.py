@@ -9,17 +9,31 @@ the records, one ``init_start`` per rank, block or epoch keys), checks each with
 and scores them the way MLPerf's result summarizer does. A run's time is run_stop - run_start in minutes; a run
 converged when its run_stop status is ``success`` and the checker passes it (in the closed division the checker asks
 for an eval_accuracy >= 0.759). The score is the olympic mean: drop the fastest and the slowest converged times,
-average the rest. One run that did not converge counts as the slowest (the fastest and it are dropped); two or more
-make the result invalid. ResNet needs exactly 5 runs: another count is scored the same way (no score below 3 runs)
-and labelled not a valid MLPerf result. A closed-division set also goes through mlperf-logging's RCP checker; its
-verdict is reported and does not change the exit status (a set that fails it can be submitted with --rcp-bypass and is
-then reviewed).
+average the rest. One run that did not converge counts as the slowest (the fastest and it are dropped).
 
-Exit status: 0 a valid result; 1 an invalid one (runs that did not converge, not 5 runs, runs that differ in
-division or batch); 2 bad input (flags, DIR, a garbled log). With ``--runs`` also: a run's usage error stops the
-driver with 2; a run killed by a signal or failing otherwise stops it with that status (exit 6, the epochs ran out,
-is an aborted run and the driver goes on); SIGINT/SIGTERM reach the running child, and the driver exits 128 + the
-signal once it has ended.
+A set is a valid MLPerf result only when all of these hold, checked in this order (the result line and ``reason``
+give every rule that fails, the first one first):
+
+1. every log is compliant: the checker passes it, or its run stopped without success (a run_stop status other than
+   ``success``, such as ``aborted`` when the epochs ran out) and the checker's only complaint is the quality target
+   (no eval_accuracy reached it); any other failure, a crash of the checker included, makes the set invalid, named
+   by its file and the checker's first message;
+2. every run logs an integer seed (its first ``seed`` record), and no two runs log the same one;
+3. at most one run did not converge, and an olympic mean exists (3 converged runs, or 2 and one that did not);
+4. exactly 5 runs (ResNet; another count is still scored, with no score below 3 runs);
+5. all runs have one division, global batch and optimizer.
+
+This is stricter than mlperf-logging's package checker, which accepts any one log that fails the compliance checker
+(it cannot tell an aborted run from a broken log) and checks seeds in the closed division only.
+
+The score is printed whenever it exists, valid or not. A closed-division set also goes through mlperf-logging's RCP
+checker; its verdict is reported and does not change the exit status (a set that fails it can be submitted with
+--rcp-bypass and is then reviewed).
+
+Exit status: 0 a valid result; 1 an invalid one (any of the rules above); 2 bad input (flags, DIR, a garbled log).
+With ``--runs`` also: a run's usage error stops the driver with 2; a run killed by a signal or failing otherwise stops
+it with that status (exit 6, the epochs ran out, is an aborted run and the driver goes on); SIGINT/SIGTERM reach the
+running child, and the driver exits 128 + the signal once it has ended.
 """
 from __future__ import annotations
 
@@ -41,8 +55,8 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (EXIT_ABORTED, EXIT_USAGE, Parser, UsageError, available_cores, check_writable,  # noqa: E402
-                    int_list, path_arg, run_main, write_json)
+from common import (EXIT_ABORTED, EXIT_USAGE, Children, Parser, UsageError, available_cores,  # noqa: E402
+                    check_writable, int_list, path_arg, run_main, write_json)
 
 SCHEMA = "rn50-mlperf-score/1"
 TOKEN = ":::MLLOG"
@@ -50,6 +64,8 @@ RESULT_RE = re.compile(r"result_(\d+)\.txt")
 REQUIRED_RUNS = 5  # ResNet in MLPerf Training (rules' results table; mlperf_logging.benchmark_meta)
 MAX_NOT_CONVERGED = 1  # result summarizer: one run that did not converge may be the dropped slowest
 CHECK_TIMEOUT_S = 300
+TARGET_CHECK = "Failed checks for eval_accuracy :"  # the checker's message when no eval_accuracy reached the target
+MESSAGE_SEP = "-" * 30  # the line between two of the checker's messages
 MAX_SEED = 2 ** 31  # the toolkit's --seed takes 0 <= seed < 2^31
 
 
@@ -67,7 +83,8 @@ class Run:
     opt_name: str | None = None
     seed: int | None = None
     checker: str = "FAIL"
-    checker_reason: str | None = None
+    checker_reason: str | None = None  # the checker's first message that makes the log non-compliant, else its first
+    compliant: bool = False  # see judge()
 
     @property
     def converged(self) -> bool:
@@ -173,12 +190,19 @@ def read_run(path: Path) -> Run:
     run.benchmark = _text(first.get("submission_benchmark"))
     run.opt_name = _text(first.get("opt_name"))
     run.global_batch_size = _integer(first.get("global_batch_size"))
-    run.seed = _integer(first.get("seed"))
+    run.seed = _seed(first.get("seed"))
     return run
 
 
 def _text(v):
     return str(v) if v is not None else None
+
+
+def _seed(v):
+    """A seed as MLPerf's seed checker reads it (int(value)): an integer, a whole float or a decimal string."""
+    if isinstance(v, str) and re.fullmatch(r"\s*[-+]?\d+\s*", v):
+        return int(v)
+    return _integer(v)
 
 
 def _integer(v):
@@ -208,31 +232,64 @@ def _run_checker(args: list[str], what: str) -> tuple[int | None, str]:
     return res.returncode, res.stdout
 
 
-def compliance(path: Path, ruleset: str) -> tuple[str, str | None]:
-    """mlperf-logging's compliance checker on one log: ("PASS", None) or ("FAIL", its first message).
+def compliance(path: Path, ruleset: str) -> tuple[str, list[str]]:
+    """mlperf-logging's compliance checker on one log: ("PASS", []) or ("FAIL", its messages, one line each, in the
+    order it printed them; never empty).
 
     ``--quiet`` leaves out its warnings (a key repeated with the same value, and so on), which never fail a log,
-    so the first message it prints is a failure."""
+    so every message it prints is a failure."""
     rc, out = _run_checker(["mlperf_logging.compliance_checker", "--usage", "training", "--ruleset", ruleset,
                             "--quiet", str(path.resolve())], "compliance checker")
     if rc == 0 and "SUCCESS" in out:
-        return "PASS", None
+        return "PASS", []
     if rc is None:
-        return "FAIL", out
+        return "FAIL", [out]
     lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
     if "Traceback (most recent call last)" in out:
-        return "FAIL", f"the compliance checker crashed (exit {rc}): {lines[-1]}"
-    for i, ln in enumerate(lines):
-        if ln.startswith(("WARNING -", "ERROR -")) and ln != "ERROR - FAILED":
-            reason = ln.split(" - ", 1)[1].strip()
-            if reason.endswith(":"):  # "CHECK for 'key' failed in line N:", the test that failed comes later
-                test = next((x for x in lines[i + 1:i + 4] if x.startswith("failed test:")), None)
-                reason = f"{reason} {test}" if test else reason
-            return "FAIL", reason
-    return "FAIL", f"the compliance checker failed (exit {rc})" + (f": {lines[-1]}" if lines else "")
+        return "FAIL", [f"the compliance checker crashed (exit {rc}): {lines[-1]}"]
+    return "FAIL", checker_messages(lines) or [f"the compliance checker failed (exit {rc})"
+                                               + (f": {lines[-1]}" if lines else "")]
 
 
-def check_all(files: list[Path], ruleset: str) -> list[tuple[str, str | None]]:
+def checker_messages(lines: list[str]) -> list[str]:
+    """The failures in the compliance checker's output ``lines`` (stripped, none empty), one line each. It prints
+    them last, as one ``WARNING -`` record with a line of dashes between two messages; a message that ends with ':'
+    gets its "failed test:" line ("CHECK for 'key' failed in line N:", N counting the log's MLLOG records from 0),
+    or else its next line ("Failed executing CHECK code:")."""
+    first = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith("INFO - ")), -1) + 1
+    if first >= len(lines) or not lines[first].startswith("WARNING - "):
+        return []
+    block = [lines[first].split(" - ", 1)[1].strip()]
+    for ln in lines[first + 1:]:
+        if ln.startswith(("ERROR - ", "INFO - ", "** ")):
+            break
+        block.append(ln)
+    messages, current = [], []
+    for ln in block + [MESSAGE_SEP]:
+        if ln != MESSAGE_SEP:
+            current.append(ln)
+            continue
+        if current:
+            head = current[0]
+            if head.endswith(":") and len(current) > 1:
+                head += " " + next((x for x in current[1:] if x.startswith("failed test:")), current[1])
+            messages.append(head)
+        current = []
+    return messages
+
+
+def judge(run: Run, verdict: str, messages: list[str]) -> None:
+    """Record the checker's verdict on ``run``. The log is compliant when the checker passes it, or when its run
+    stopped without success and every message is the quality target's (that run did not converge, which the olympic
+    mean allows once); ``checker_reason`` is the first message that makes it non-compliant, else the first."""
+    excused = [m for m in messages if run.status != "success" and m.startswith(TARGET_CHECK)]
+    blocking = [m for m in messages if m not in excused]
+    run.checker = verdict
+    run.compliant = verdict == "PASS" or (bool(messages) and not blocking)
+    run.checker_reason = (blocking or messages or [None])[0]
+
+
+def check_all(files: list[Path], ruleset: str) -> list[tuple[str, list[str]]]:
     """The compliance checker on every file, as many at once as there are cores."""
     with ThreadPoolExecutor(max_workers=max(1, min(len(files), available_cores()))) as pool:
         return list(pool.map(lambda f: compliance(f, ruleset), files))
@@ -249,13 +306,30 @@ class Score:
     dropped: list[str]  # "file (why)"
 
 
+def log_problems(runs: list[Run]) -> list[str]:
+    """Why the logs themselves make the set invalid, in file order: every log the checker fails (other than for the
+    quality target of a run that stopped without success), then every run without an integer seed or with the seed
+    of an earlier run."""
+    reasons = [f"{r.file} fails the compliance checker: {r.checker_reason}" for r in runs if not r.compliant]
+    seen: dict[int, str] = {}
+    for r in runs:
+        if r.seed is None:
+            reasons.append(f"{r.file} logs no integer seed (MLPerf wants one in every run)")
+        elif r.seed in seen:
+            reasons.append(f"{seen[r.seed]} and {r.file} log the same seed {r.seed} (MLPerf wants a different seed "
+                           "in every run)")
+        else:
+            seen[r.seed] = r.file
+    return reasons
+
+
 def olympic(runs: list[Run]) -> Score:
     """The olympic mean as MLPerf's result summarizer computes it: the converged times sorted, the fastest dropped,
     the slowest dropped too unless a run that did not converge already took its place; with two or more such runs,
-    no score."""
+    no score. ``valid`` and ``reason`` apply every rule of a valid result (the module's list), in its order."""
     good = sorted((r for r in runs if r.converged), key=lambda r: r.minutes)
     bad = [r for r in runs if not r.converged]
-    reasons, minutes, counted, dropped = [], None, [], [f"{r.file} (did not converge)" for r in bad]
+    reasons, minutes, counted, dropped = log_problems(runs), None, [], [f"{r.file} (did not converge)" for r in bad]
     if len(bad) > MAX_NOT_CONVERGED:
         reasons.append(f"{len(bad)} runs did not converge ({', '.join(r.file for r in bad)}); MLPerf allows at most "
                        f"{MAX_NOT_CONVERGED}")
@@ -361,8 +435,9 @@ def print_report(runs: list[Run], score: Score, rcp: dict, ruleset: str) -> None
         print(f"{r.file:<{width}}  {_fmt(r.minutes, '.3f'):>8}  {epochs:>6}  {r.status:<8}  {r.checker:<7}  "
               f"{_fmt(r.best_accuracy, '.5f'):>10}  {_fmt(r.seed, 'd')}")
     for r in runs:
-        if r.checker_reason:
-            print(f"{r.file}: compliance checker FAIL: {r.checker_reason}")
+        if r.checker == "FAIL":
+            why = f" (the quality target only, in a run that stopped {r.status}: not converged)" if r.compliant else ""
+            print(f"{r.file}: compliance checker FAIL: {r.checker_reason}{why}")
     if score.minutes is not None:
         line = f"score: {score.minutes:.3f} min, olympic mean of {', '.join(score.counted)}"
         if score.dropped:
@@ -403,8 +478,9 @@ def to_json(runs: list[Run], score: Score, rcp: dict, ruleset: str, folder: Path
     ``reason`` why not (null when valid); ``counted`` / ``dropped`` the files averaged and those left out (why);
     ``runs`` one object per file: ``file``, ``minutes`` (run_stop - run_start), ``epochs`` (epoch_num of the last
     eval_accuracy before run_stop), ``status`` (run_stop's: success / aborted / missing), ``converged``,
-    ``checker`` (PASS / FAIL), ``checker_reason``, ``best_accuracy``, ``division``, ``benchmark``,
-    ``global_batch_size``, ``opt_name``, ``seed``;
+    ``checker`` (PASS / FAIL), ``checker_reason`` (the checker's first message that makes the log non-compliant, else
+    its first), ``compliant`` (the checker passes it, or fails only the quality target of a run without success),
+    ``best_accuracy``, ``division``, ``benchmark``, ``global_batch_size``, ``opt_name``, ``seed``;
     ``rcp`` the RCP check: ``applicable``, ``reason`` (why not), ``verdict`` (PASS / FAIL), ``message`` (the
     checker's), ``note``, ``global_batch_size``, ``rcp_batch_sizes``, ``submission_mean_epochs``,
     ``rcp_mean_epochs``, ``min_epochs``, ``score_factor`` (the RCP normalization of a faster-than-mean set)."""
@@ -419,8 +495,8 @@ def score_dir(folder: Path, ruleset: str, json_path: Path | None) -> int:
     others = sorted({r.benchmark for r in runs if r.benchmark not in (None, "resnet")})
     if others:
         raise UsageError(f"{folder}: submission_benchmark {', '.join(others)}; this tool scores ResNet-50 sets")
-    for run, (verdict, reason) in zip(runs, check_all(files, ruleset)):
-        run.checker, run.checker_reason = verdict, reason
+    for run, (verdict, messages) in zip(runs, check_all(files, ruleset)):
+        judge(run, verdict, messages)
     score = olympic(runs)
     rcp = rcp_check(folder, runs, ruleset)
     print_report(runs, score, rcp, ruleset)
@@ -449,57 +525,22 @@ def draw_seeds(n: int) -> list[int]:
     return seeds
 
 
-class _Forward:
-    """While a child runs: SIGINT/SIGTERM are passed on to it (it stops at its next step and writes its files; a
-    second signal stops it at once) and remembered, so the driver can exit 128 + the first one after it ends."""
-
-    def __init__(self):
-        self.child = None
-        self.signum = None
-        self.forwarded = False  # to the current child
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = self.signum or signum
-        if self.child is not None and self.child.poll() is None:
-            self.forwarded = True
-            self.child.send_signal(signum)
-
-    def start(self, child: subprocess.Popen) -> None:
-        """Forward to ``child`` from now on, and the signal that came while it was starting, if any."""
-        self.forwarded = False
-        self.child = child
-        if self.signum is not None and not self.forwarded:
-            self.forwarded = True
-            child.send_signal(self.signum)
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _run_one(cmd: list[str], log_path: Path | None, fwd: _Forward) -> int:
-    """Run one toolkit process in its own process group (a Ctrl-C reaches it once, through the driver), its output
+def _run_one(cmd: list[str], log_path: Path | None, kids: Children) -> int:
+    """Run one toolkit process in a session of its own (a Ctrl-C reaches it once, through the driver), its output
     streamed to the console and, with ``log_path``, to that file too."""
     sys.stdout.flush()
     try:
         if log_path is None:
-            child = subprocess.Popen(cmd, process_group=0)
+            child = kids.popen(cmd)
         else:
-            child = subprocess.Popen(cmd, process_group=0, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            child = kids.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except OSError as err:
         raise UsageError(f"{cmd[1]}: cannot start ({err.strerror or err})") from None
-    fwd.start(child)
     if log_path is not None:
         console = getattr(sys.stdout, "buffer", None)  # None where stdout is a text stream (a StringIO in tests)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         with open(log_path, "wb") as log:
-            while chunk := os.read(child.stdout.fileno(), 65536):
+            while chunk := _read(child.stdout.fileno()):
                 log.write(chunk)
                 log.flush()
                 if console is not None:
@@ -509,15 +550,22 @@ def _run_one(cmd: list[str], log_path: Path | None, fwd: _Forward) -> int:
                 sys.stdout.flush()
         child.stdout.close()
     rc = child.wait()
-    fwd.child = None
     return rc if rc >= 0 else 128 - rc
+
+
+def _read(fd: int) -> bytes:
+    while True:
+        try:
+            return os.read(fd, 65536)
+        except InterruptedError:  # pragma: no cover (PEP 475 retries; a handler that raises would land here)
+            continue
 
 
 def drive(folder: Path, runs: int, seeds: Sequence[int], runner: Path, log_dir: Path | None,
           runner_args: Sequence[str]) -> int | None:
     """Run the toolkit ``runs`` times into ``folder``; None when every run ended with 0 or 6, else the driver's
     exit status."""
-    with _Forward() as fwd:
+    with Children("mlperf_score.py") as fwd:
         for i, seed in enumerate(seeds):
             if fwd.signum is not None:  # a signal between two runs
                 print(f"mlperf_score.py: {signal.Signals(fwd.signum).name}: stopped before run {i}; the set in "
