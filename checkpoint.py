@@ -122,15 +122,21 @@ def _bytes_needed(params: dict, with_states: bool) -> int:
     return total
 
 
-def _check_space(path: Path, need: int) -> None:
+def check_space(prefix: Path, epoch: int, arrays: dict, when: str) -> None:
+    """An ``OutputError`` unless the folder of ``prefix`` has room for checkpoint ``epoch`` of ``arrays`` (the params
+    file and the optimizer state); ``when`` says where the run is (for the message)."""
+    _check_space(paths(prefix, epoch)["params"], _bytes_needed(arrays, True), f"; checked {when}")
+
+
+def _check_space(path: Path, need: int, when: str = "") -> None:
     try:
-        free = shutil.disk_usage(path.parent).free
+        free = shutil.disk_usage(path.parent if path.parent.exists() else path.parent.parent).free
     except OSError:
         return
     if free < need:
         raise OutputError(f"{path}: no space left on device for a checkpoint (about {need / 2**20:.0f} MiB needed, "
-                          f"{free / 2**20:.0f} MiB free); free some space or choose another --model-prefix (the "
-                          "last complete checkpoint is kept)")
+                          f"{free / 2**20:.0f} MiB free{when}); free some space or choose another --model-prefix "
+                          "(the last complete checkpoint is kept)")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -206,7 +212,7 @@ def for_resume(prefix: Path, epoch: int | None, model: dict) -> Checkpoint | Non
     """The checkpoint a run resumes from: ``epoch`` (``--load-epoch``: the complete one, else the partial one of
     that number) or, when ``epoch`` is None (``--resume``), the newest. An incomplete one is passed over for the
     newest trustworthy one before it, with a warning; a corrupt one or another model is a ``UsageError``. None when
-    ``--resume`` finds nothing."""
+    ``--resume`` finds nothing, or only incomplete checkpoints (a warning names them: the run starts afresh)."""
     found = listing(prefix)
     flag = "--resume" if epoch is None else f"--load-epoch {epoch}"
     if epoch is not None:
@@ -234,6 +240,9 @@ def for_resume(prefix: Path, epoch: int | None, model: dict) -> Checkpoint | Non
                              "one")
         skipped.append(ckpt.name)
         reasons.append(reason)
+    if epoch is None:  # a requeued job whose first save was cut: it starts afresh, as it would with nothing there
+        log.warning("--resume: no complete checkpoint under %s (%s); starting afresh", prefix, "; ".join(reasons))
+        return None
     raise UsageError(f"{flag}: no complete checkpoint to resume from ({'; '.join(reasons)})")
 
 

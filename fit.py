@@ -38,9 +38,10 @@ import mxnet as mx
 import numpy as np
 
 import checkpoint
+import dist
 import optim
 from common import (EXIT_ABORTED, EXIT_DIVERGED, DataError, StopFlag, UsageError, finite_float, float_list,
-                    path_arg)
+                    path_arg, prefix_arg)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                         "clean iterations (at most 2^24); meant for --dtype float16")
     g.add_argument("--amp-scale-window", type=int, default=2000,
                    help="with --amp: clean iterations before the loss scale is doubled")
-    g.add_argument("--model-prefix", type=path_arg, default=None,
+    g.add_argument("--model-prefix", type=prefix_arg, default=None,
                    help="checkpoint prefix: <prefix>-symbol.json, <prefix>-NNNN.params/.states/.json (none written "
                         "if unset)")
     g.add_argument("--save-period", type=int, default=1, help="checkpoint every N epochs (and at the last one)")
@@ -520,6 +521,8 @@ class Trainer:
         self.writer = writer  # writes the checkpoints (in a distributed job, rank 0 only)
         self.last_good: str | None = None  # the newest complete checkpoint of this run
         self.timer = None  # a distributed job's dist.StepTimer
+        self.epoch: int | None = None  # the epoch in progress, and whether its training part is done
+        self.trained = False
 
     def save(self, number: int, batch: int, partial: bool, aux: dict | None = None) -> None:
         """Checkpoint ``number`` (epochs done, or for a partial one the epoch it stopped in, after ``batch``
@@ -544,6 +547,38 @@ class Trainer:
             removed = checkpoint.prune(cfg.model_prefix, ckpt, cfg.save_keep)
             if removed:
                 log.info("removed older checkpoints: %s", ", ".join(Path(r).name for r in removed))
+
+    def check_space(self, epoch: int) -> None:
+        """Room for the checkpoint of ``epoch`` where it will be written, before the epoch is trained (so before
+        the run, too): an ``OutputError`` (exit status 5) now, not after the epoch's work."""
+        if self.cfg.model_prefix is None or not self.writer:
+            return
+        group = self.mod._exec_group
+        arrays = {f"arg:{n}": a[0] for n, a in zip(group.param_names, group.param_arrays)}
+        arrays.update({f"aux:{n}": a[0] for n, a in zip(group.aux_names, group.aux_arrays)})
+        checkpoint.check_space(self.cfg.model_prefix, epoch + 1, arrays, f"before epoch {epoch} is trained")
+
+    def lost(self) -> int:
+        """Another process of the job died and this one (rank 0) waits on it forever (``dist.LostGuard``): its
+        weights and optimizer state are those after a whole step, so they are saved (a partial checkpoint, or the
+        epoch's complete one when its training was done), the report says ``failed``; the exit status."""
+        cfg, report = self.cfg, self.report
+        why = "another process of the job died"
+        if self.epoch is None or cfg.model_prefix is None:
+            report.save("failed", why + ("; no checkpoint to save yet" if self.epoch is None else
+                                         "; no --model-prefix, so no checkpoint"))
+            return 1
+        number = self.epoch + 1
+        batch = 0 if self.trained else self.schedule.step - self.epoch * self.schedule.iters_per_epoch
+        partial = not self.trained
+        name = checkpoint.name(cfg.model_prefix, number, partial)
+        if name != self.last_good:
+            self.save(number, batch, partial)
+        where = f"after epoch {self.epoch}" if self.trained else f"in epoch {self.epoch} after {batch} iterations"
+        report.save("failed", f"{why}; rank 0 saved {name} ({where})")
+        log.error("%s: rank 0 stopped %s and saved %s; the launcher names the process and the command that "
+                  "resumes", why, where, name)
+        return 1
 
     def train_stats(self, meter: Meter, skipped_before: int) -> dict:
         stats = meter.summary(self.global_batch)
@@ -618,8 +653,6 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shape
     else:
         mod.init_params(initializer, arg_params=amp_arg or None, allow_missing=cfg.amp)
     if kv is not None:
-        import dist
-
         dist.broadcast_params(kv, mod)
     schedule = Schedule(cfg, train_it.batches_per_epoch if train_it is not None else 1)
     init_optimizer(mod, cfg, schedule, len(contexts), kv)
@@ -629,8 +662,6 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shape
         scaler = DynamicLossScaler(mod, start, cfg.amp_scale_window, mod.data_shapes[0].shape[0])
     run = Trainer(cfg, sym, mod, schedule, scaler, report, global_batch, writer=kv is None or kv.rank == 0)
     if kv is not None:
-        import dist
-
         run.timer = dist.StepTimer(kv, mod)
         report.set_dist_exchange(run.timer.bytes, dist.EXCHANGE_EVERY)
     if cfg.model_prefix is not None:
@@ -656,10 +687,15 @@ def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shape
         begin_epoch, skip = (resume.epoch - 1, resume.meta.get("batch", 0)) if resume.partial else (resume.epoch, 0)
         schedule.step = resume.meta.get("step", begin_epoch * schedule.iters_per_epoch + skip)
         run.last_good = None if resume.partial else resume.name
+        report.keep_history(begin_epoch, resume.name)
         log.info("resuming from %s: epoch %d, iteration %d", resume.name, begin_epoch, skip)
+    if kv is not None and kv.rank == 0:
+        dist.GUARD.start(run.lost)
     try:
         return _loop(run, cfg, train_it, val_it, stop, begin_epoch, skip, mlperf, kv)
     finally:
+        if kv is not None:
+            dist.GUARD.stop()
         if mlperf is not None and mlperf.status is None:  # a signal, a bad record, an unwritable output
             mlperf.run_stop("aborted")
             report.set_mlperf(mlperf.summary())
@@ -672,6 +708,8 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
     mod, schedule, scaler, report, global_batch = run.mod, run.schedule, run.scaler, run.report, run.global_batch
     iters_per_epoch = schedule.iters_per_epoch
     for epoch in range(begin_epoch, cfg.num_epochs):
+        run.check_space(epoch)
+        run.epoch, run.trained = epoch, False
         meter = Meter(not cfg.no_metrics)
         skipped_before = scaler.skipped if scaler else 0
         if mlperf is not None:
@@ -686,6 +724,7 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
             run.save(epoch + 1, skip + len(meter.times), partial=True)
             raise
         if state == "done":
+            run.trained = True
             train_it.reset()  # iterators are reset after a finished epoch (DALI refuses a reset mid-epoch)
         batches_done = skip + len(meter.times)
         skip = 0
@@ -723,8 +762,6 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
             if val_state == "done":
                 val_it.reset()
                 if kv is not None:  # each worker scored its part of the val set: the whole set's numbers
-                    import dist
-
                     n, vmeter.loss_sum, top1, top5 = dist.allreduce_sum(
                         kv, "val", [vmeter.n, vmeter.loss_sum, vmeter.top1, vmeter.top5])
                     vmeter.n, vmeter.top1, vmeter.top5 = round(n), round(top1), round(top5)
@@ -745,8 +782,6 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
         if done % cfg.save_period == 0 or done == cfg.num_epochs:
             aux = None
             if kv is not None and cfg.model_prefix is not None:  # every worker takes part; rank 0 writes
-                import dist
-
                 aux = dist.average_aux(kv, mod)
             run.save(done, 0, partial=False, aux=aux)
         if mlperf is not None:
@@ -763,8 +798,6 @@ def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_
                   "aborted", cfg.num_epochs, mlperf.cfg.target, best)
         return EXIT_ABORTED
     if kv is not None:  # data parallelism's promise: the workers end with the same weights
-        import dist
-
         sums = dist.weight_checksums(kv, mod)
         report.set_dist_checksums(sums)
         if len(set(sums)) == 1:
@@ -779,8 +812,6 @@ def _worker_times(kv, meter: Meter, timer) -> list[dict]:
     """Each worker's median step, data wait and gradient exchange times of the epoch, in milliseconds and rank
     order (the first iterations left out, as from img/s); the exchange's share of the step. Resets the timer for
     the next epoch (whose third step is timed first)."""
-    import dist
-
     warm = warmup_iters(len(meter.times))
     kept = meter.times[warm:] or meter.times
     mine = [float(np.median(kept)) if kept else float("nan"),

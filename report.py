@@ -21,6 +21,8 @@ Top level
     ``versions``        dict   python, mxnet and (when used) DALI versions
     ``epochs``          list   the epoch number (0-based) of each entry of the per-epoch lists
     ``checkpoints``     list   checkpoint prefixes and epochs written, ``{"prefix", "epoch", "partial"}``
+    ``resumed``         list   a resumed run: each resume, ``{"checkpoint", "epoch"}``; the per-epoch lists and
+                               checkpoints before that epoch are the earlier run's (from the report it left)
     ``mlperf``          dict   MLPerf mode only: ``status`` (run_stop's: ``success`` | ``aborted``),
                                ``target_accuracy``, ``target_epoch`` (MLPerf's epoch number, from 1, of the
                                evaluation that reached it), ``time_to_target_s`` (run_start to run_stop, seconds,
@@ -31,7 +33,9 @@ Top level
                                ``kv_store``, ``bytes_pushed_per_step`` / ``bytes_pulled_per_step`` (per worker: one
                                copy of every gradient each way), ``exchange_timed_every`` (one step in this many
                                times the gradient exchange alone), ``weight_checksums`` (per worker, rank order, at
-                               the end), ``weights_identical``
+                               the end), ``weights_identical``; when a process died, ``failure``:
+                               ``{"process", "last_complete_checkpoint", "resume_from", "resume"}`` (the process and
+                               its cause, the checkpoint ``--resume`` takes and the command), written by the runner
 
 Metrics (lists; the first five keys of each split are NVIDIA's)
     ``train.top1``, ``train.top5``  percent, over the whole epoch (absent with ``--no-metrics``)
@@ -103,6 +107,30 @@ class Report:
                 if key not in keys:
                     raise KeyError(f"{split}.{key} is not a report field")
                 self.data["metrics"].setdefault(f"{split}.{key}", []).append(value)
+
+    def keep_history(self, before_epoch: int, checkpoint_name: str) -> None:
+        """A resumed run: the per-epoch lists and checkpoints of the epochs before ``before_epoch`` are taken from
+        the report already at ``path`` (the run that wrote the checkpoint resumed from), and ``resumed`` records
+        the checkpoint. A missing or unreadable report, or one of another layout, is left as it was."""
+        import json
+
+        resumed = {"checkpoint": checkpoint_name, "epoch": before_epoch}
+        self.data.setdefault("resumed", []).append(resumed)
+        if self.path is None or not self.path.is_file():
+            return
+        try:
+            old = json.loads(self.path.read_text())
+            epochs = [e for e in old["epochs"] if e < before_epoch]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if old.get("schema") != SCHEMA or epochs != old["epochs"][:len(epochs)]:
+            return
+        keep = len(epochs)
+        self.data["epochs"] = epochs
+        # train.* has an entry per epoch; val.* may lack the last kept epoch's (a signal during its validation)
+        self.data["metrics"] = {k: v[:keep] for k, v in old.get("metrics", {}).items() if v[:keep]}
+        self.data["checkpoints"] = [c for c in old.get("checkpoints", []) if c.get("epoch", 0) <= before_epoch]
+        self.data["resumed"] = old.get("resumed", []) + [resumed]
 
     def add_checkpoint(self, prefix: str, epoch: int, partial: bool) -> None:
         self.data["checkpoints"].append({"prefix": prefix, "epoch": epoch, "partial": partial})

@@ -180,6 +180,9 @@ def run(args, stop: StopFlag) -> int:
                                     seed=args.seed, dali=config_from(dali.DaliConfig, args)),
                         have_gpu=device_type == "gpu")
     recipe = check_mlperf(mlcfg, fcfg, dcfg, args) if mlcfg.mlperf else None
+    if args.data_train and dcfg.data_val is None and not (fcfg.no_val or fcfg.only_inference):
+        log.warning("--data-train without --data-val (or --data-root with val.rec): this run validates nothing; give "
+                    "--data-val, or --no-val to say so")
     check_outputs(fcfg, args.report)
     if mlcfg.mlperf_log is not None:
         check_writable(mlcfg.mlperf_log, "--mlperf-log")

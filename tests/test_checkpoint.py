@@ -85,6 +85,47 @@ def test_an_interrupted_save_is_passed_over_with_a_warning(tmp_path, caplog):
         checkpoint.for_resume(prefix, 2, MODEL)
 
 
+def test_resume_with_only_an_incomplete_checkpoint_starts_afresh(tmp_path, caplog):
+    """A requeued job whose only checkpoint was cut inside its first save: --resume starts afresh, naming the
+    incomplete files, as with no checkpoint at all; --load-epoch of it stays an error."""
+    prefix = tmp_path / "m"
+    write(prefix, 1, partial=True)
+    (tmp_path / "m-0001-partial.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint.for_resume(prefix, None, MODEL) is None
+    assert f"--resume: no complete checkpoint under {prefix} ({prefix}-0001-partial.json is missing" in caplog.text
+    assert "starting afresh" in caplog.text
+    with pytest.raises(UsageError, match=r"--load-epoch 1: no complete checkpoint to resume from"):
+        checkpoint.for_resume(prefix, 1, MODEL)
+
+
+def test_a_resumed_report_keeps_the_earlier_epochs(tmp_path):
+    """The report of a resumed run starts with the earlier run's epochs before the checkpoint (the interrupted
+    epoch's partial numbers are dropped: it is trained again), and records the resume."""
+    from report import Report
+
+    def report():
+        return Report(tmp_path / "r.json", num_layers=50, device_type="cpu", device_names=["cpu(0)"],
+                      dtype="float32", global_batch_size=8, config={})
+
+    first = report()
+    first.add_epoch(0, train={"total_ips": 10.0, "iters": 4}, val={"top1": 50.0})
+    first.add_epoch(1, train={"total_ips": 11.0, "iters": 4}, val={"top1": 60.0})
+    first.add_checkpoint(str(tmp_path / "m"), 2, False)
+    first.add_epoch(2, train={"total_ips": 12.0, "iters": 2})  # stopped in epoch 2
+    first.add_checkpoint(str(tmp_path / "m"), 3, True)
+    first.save("interrupted")
+    second = report()
+    second.keep_history(2, f"{tmp_path / 'm'}-0002")
+    second.add_epoch(2, train={"total_ips": 13.0, "iters": 4}, val={"top1": 70.0})
+    second.save("completed")
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["epochs"] == [0, 1, 2] and r["metrics"]["train.total_ips"] == [10.0, 11.0, 13.0]
+    assert r["metrics"]["val.top1"] == [50.0, 60.0, 70.0] and r["status"] == "completed"
+    assert r["resumed"] == [{"checkpoint": f"{tmp_path / 'm'}-0002", "epoch": 2}]
+    assert [c["epoch"] for c in r["checkpoints"]] == [2]
+
+
 @pytest.mark.parametrize("damage,what", [
     ("truncate-params", r"m-0002.params has \d+ bytes, m-0002.json says \d+ \(truncated\?\)"),
     ("flip-states", r"m-0002.states does not match the SHA-256 in m-0002.json"),

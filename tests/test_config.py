@@ -54,6 +54,8 @@ def call(main, argv) -> int:
      "--dali-threads 0: must be at least 1"),
     (["--batch-size", "100000"], "--batch-size 100000: ResNet-50 training at 3x224x224 float32 needs about"),
     (["--cpu-devices", "0"], "--cpu-devices 0: this machine has"),
+    (["--model-prefix", "runs/"], "argument --model-prefix: 'runs/' ends in '/', a folder; give the folder and a "
+                                  "name, e.g. runs/model"),
 ])
 def test_bad_flags_are_one_line_before_any_work(argv, message, capsys, demo_root):
     argv = [a.format(root=demo_root) for a in argv]
@@ -61,6 +63,24 @@ def test_bad_flags_are_one_line_before_any_work(argv, message, capsys, demo_root
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+def test_runner_refuses_a_prefix_ending_in_a_slash(capsys):
+    assert call(runner_module().main, ["-n", "1", "-b", "8", "--model-prefix", "runs/", "--dry-run"]) == 2
+    assert "runner: error: argument --model-prefix: 'runs/' ends in '/'" in capsys.readouterr().err
+
+
+def test_data_train_without_data_val_says_that_nothing_is_validated(demo_root, caplog):
+    argv = ["--data-train", str(demo_root / "train.rec"), "--data-backend", "mxnet", "--image-shape", "3,32,32",
+            "--num-classes", "10", "--num-layers", "18", "--batch-size", "8", "--num-epochs", "1",
+            "--benchmark-iters", "1"]
+    with caplog.at_level("WARNING", logger="train"):
+        assert call(train_main(), argv) == 0
+    assert "--data-train without --data-val (or --data-root with val.rec): this run validates nothing" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="train"):
+        assert call(train_main(), [*argv, "--no-val"]) == 0
+    assert "validates nothing" not in caplog.text
 
 
 def test_data_cli_refuses_a_zero_batch(capsys):
@@ -199,6 +219,9 @@ def test_modules_below_train_never_see_a_namespace():
         assert not any(i.split(".")[0] == "tools" for i in imports), name
         if name == "dali.py":
             assert "data" not in imports
-    for name in ("train.py", "benchmark.py", "gpu.py", "loadgen.py", "dist.py", "mlperf.py"):
+    for name in ("train.py", "benchmark.py", "gpu.py", "loadgen.py", "dist.py", "launcher.py", "mlperf.py"):
         text = (ROOT / name).read_text()
         assert "from tools" not in text and "import tools" not in text, name
+    # the launcher is the runner's: what a worker does (dist.py, the loop) knows nothing of it
+    users = [p.name for p in ROOT.glob("*.py") if "import launcher" in p.read_text()]
+    assert users == [] and "import launcher" in (ROOT / "runner").read_text(), users

@@ -184,27 +184,153 @@ def test_a_killed_worker_ends_the_job(tmp_path):
     assert alive(job) == []
 
 
-@pytest.mark.e2e
-def test_sigterm_checkpoints_on_rank_0_and_ends_the_job(tmp_path):
-    p = subprocess.Popen([str(ROOT / "runner"), "-n", "1", "-b", "8", "--workers", "2", "-e", "1",
-                          "--benchmark-iters", "500", *SMALL, "--dist-timeout", "5", "--model-prefix",
-                          tmp_path / "m"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err, job = [], []
+def watch_job(argv, trigger: str, act, timeout=180, env=None):
+    """Run the runner with ``argv``; when its output shows ``trigger``, call ``act(runner, job pids)`` once; return
+    (exit status, output, job pids, seconds from the act to the runner's exit). Bounded: killed at ``timeout``."""
+    p = subprocess.Popen([str(ROOT / "runner"), *map(str, argv)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    err, job, acted = [], [], None
     try:
         for line in p.stderr:
             err.append(line)
-            if not job and "Batch[2/500]" in line:
-                job = children(p.pid)
-                p.send_signal(signal.SIGTERM)
-        rc = p.wait(timeout=120)
+            if acted is None and trigger in line:
+                job = [c for pid in children(p.pid) for c in [pid, *children(pid)]]
+                act(p, job)
+                acted = time.monotonic()
+        rc = p.wait(timeout=timeout)
+        took = time.monotonic() - acted if acted else None
     finally:
         if p.poll() is None:
             p.kill()
-    text = "".join(err)
+            p.wait()
+    return rc, "".join(err), job, took
+
+
+@pytest.mark.e2e
+def test_sigterm_checkpoints_on_rank_0_and_ends_the_job(tmp_path):
+    """SIGTERM to the runner: rank 0 stops after its batch and checkpoints, the other worker (which would wait on it
+    forever) is ended at once: exit 143 well within docker's 10 s grace, whatever --dist-timeout (30 s here)."""
+    rc, text, job, took = watch_job(
+        ["-n", "1", "-b", "8", "--workers", "2", "-e", "1", "--benchmark-iters", "500", *SMALL, "--model-prefix",
+         tmp_path / "m", "--report", tmp_path / "r.json"], "Batch[2/500]", lambda p, job: p.send_signal(
+            signal.SIGTERM))
     assert rc == 128 + signal.SIGTERM, text
+    assert took < 10, took
     assert (tmp_path / "m-0001-partial.params").is_file() and (tmp_path / "m-0001-partial.json").is_file(), text
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "interrupted"
     assert "goes to worker rank 0" in text
     assert alive(job) == []
+
+
+def kill_rank_1(p, job):
+    workers = [c for c in job if "train.py" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) == 2, job
+    ranks = {int(f.read_text()): int(f.name.split("-")[1]) for f in Path("/tmp").glob("rn50-dist-*/rank-*")}
+    os.kill(workers[ranks.get(1, 1)] if len(ranks) == 2 else workers[1], signal.SIGKILL)
+
+
+@pytest.mark.e2e
+def test_a_dead_worker_leaves_a_consistent_checkpoint_and_the_way_to_resume(tmp_path):
+    """A worker killed mid-epoch: rank 0, waiting on it forever inside a gradient exchange, saves a partial
+    checkpoint of its weights after a whole step (they equal one process's after as many steps, same global batch
+    and images), the report says failed and names the dead worker and the command that resumes from it."""
+    common = ["-b", "8", "-e", "1", "--warmup-epochs", "0", *SMALL]  # the LR of a step: not of the epoch's length
+    rc, text, job, took = watch_job(
+        ["-n", "1", "--workers", "2", "--servers", "1", *common, "--benchmark-iters", "500", "--dist-timeout", "20",
+         "--model-prefix", tmp_path / "m", "--report", tmp_path / "r.json"], "Batch[3/500]", kill_rank_1)
+    assert rc == 128 + signal.SIGKILL, text
+    assert alive(job) == [] and took < 20 + 10, took
+    [failure] = [ln for ln in text.splitlines() if "ERROR dist:" in ln]
+    assert "was killed by SIGKILL" in failure, text
+    manifest = json.loads((tmp_path / "m-0001-partial.json").read_text())
+    steps = manifest["batch"]
+    assert 3 <= steps <= 5 and manifest["step"] == steps, manifest
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "failed" and "was killed by SIGKILL" in report["error"], report
+    f = report["dist"]["failure"]
+    assert f["resume_from"] == str(tmp_path / "m-0001-partial") and f["last_complete_checkpoint"] is None, f
+    assert f["resume"].endswith("--resume") and f"--model-prefix {tmp_path / 'm'}" in f["resume"], f
+    ref = runner("-n", "2", *common, "--benchmark-iters", str(steps), "--model-prefix", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    mine, theirs = params(tmp_path / "m-0001-partial.params"), params(tmp_path / "ref-0001.params")
+    weights = [k for k in mine if k.startswith("arg:")]
+    assert max_diff({k: mine[k] for k in weights}, {k: theirs[k] for k in weights}) < 1e-5
+    import checkpoint
+
+    assert checkpoint.for_resume(tmp_path / "m", None, {}).name == f["resume_from"]
+
+
+STAND_IN_SSH = {
+    "never_connects": "#!/usr/bin/env bash\nexec sleep 600\n",
+    "fails": "#!/usr/bin/env bash\necho 'ssh: connect to host h1 port 22: Connection refused' >&2\nexit 255\n",
+}
+
+
+@pytest.mark.e2e
+def test_hosts_that_never_answer_end_the_job_at_the_start_deadline(tmp_path):
+    """A stand-in ssh that never connects (it only sleeps; nothing is sent anywhere): after --dist-start-timeout the
+    job ends with one line naming every host that never answered, exit 7, and the ssh processes are gone."""
+    ssh = tmp_path / "ssh"
+    ssh.write_text(STAND_IN_SSH["never_connects"])
+    ssh.chmod(0o755)
+    (tmp_path / "hosts").write_text("h1\nh2\n")
+    t0 = time.monotonic()
+    p = subprocess.Popen([str(ROOT / "runner"), "-n", "1", "-b", "8", "--hostfile", str(tmp_path / "hosts"),
+                          "--dist-addr", "127.0.0.1", "--ssh", str(ssh), "--dist-start-timeout", "3", *SMALL],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    job = []
+    while time.monotonic() - t0 < 10 and len(job) < 5 and p.poll() is None:
+        job = [c for pid in children(p.pid) for c in [pid, *children(pid)]]
+        time.sleep(0.1)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 7, err
+    assert time.monotonic() - t0 < 3 + 10
+    [line] = [ln for ln in err.splitlines() if "ERROR" in ln]
+    assert "did not start within 3 s (--dist-start-timeout)" in line, err
+    for role in ("server", "worker"):
+        for host in ("h1", "h2"):
+            assert f"{role} on {host} (no answer over ssh)" in line, line
+    assert len(job) >= 5 and alive(job) == []  # the scheduler and the four ssh processes
+
+
+@pytest.mark.e2e
+def test_an_ssh_that_fails_ends_the_job_naming_the_host(tmp_path):
+    ssh = tmp_path / "ssh"
+    ssh.write_text(STAND_IN_SSH["fails"])
+    ssh.chmod(0o755)
+    (tmp_path / "hosts").write_text("h1\n")
+    res = run([ROOT / "runner", "-n", "1", "-b", "8", "--hostfile", tmp_path / "hosts", "--dist-addr", "127.0.0.1",
+               "--ssh", ssh, *SMALL], timeout=120)
+    assert res.returncode == 255, res.stderr
+    [line] = [ln for ln in res.stderr.splitlines() if "ERROR" in ln]
+    assert " on h1 (ssh pid " in line and "exited with status 255 (ssh could not connect" in line, line
+
+
+@pytest.mark.e2e
+def test_workers_that_do_not_register_in_time_end_the_job(tmp_path):
+    """--workers on this host with a start deadline shorter than MXNet's import: the workers are named (no rank
+    yet), exit 7, nothing left running."""
+    rc, text, job, _ = watch_job(["-n", "1", "-b", "8", "--workers", "2", "--dist-start-timeout", "0.5", *SMALL],
+                                 "did not start", lambda p, job: None, timeout=120)
+    assert rc == 7, text
+    [line] = [ln for ln in text.splitlines() if "ERROR" in ln]
+    assert "worker 0 (pid " in line and "worker 1 (pid " in line and "not registered" in line, line
+    time.sleep(0.5)
+    assert alive(job) == []
+
+
+@pytest.mark.parametrize("addr,message", [
+    ("192.0.2.1", "--dist-addr 192.0.2.1: not an address of this host"),  # TEST-NET-1: bound, never reached
+    ("node1", "--dist-addr node1: not an IPv4 address"),
+])
+def test_dist_addr_is_checked_before_any_process_starts(tmp_path, addr, message, capsys):
+    from test_config import call, runner_module
+
+    (tmp_path / "hosts").write_text("h1\n")
+    argv = ["-n", "1", "-b", "8", "--hostfile", str(tmp_path / "hosts"), "--dist-addr", addr, "--ssh", "false"]
+    assert call(runner_module().main, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -314,6 +440,39 @@ def test_hostfile_sigterm_checkpoints_on_rank_0(tmp_path):
     assert alive(job) == []
 
 
+def descendants(pid: int) -> list[int]:
+    out = []
+    for c in children(pid):
+        out += [c, *descendants(c)]
+    return out
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) (util-linux) gives the stand-in ssh a terminal")
+def test_hostfile_dead_process_rank_0_saves_over_ssh(tmp_path):
+    """--hostfile: a server on one host killed; rank 0, waiting on it, is told through its ssh terminal (Ctrl-\\,
+    SIGQUIT there), saves a partial checkpoint and stops; the job ends with the dead process named."""
+    ssh, hosts = fake_hosts(tmp_path)
+    env = dict(os.environ, FAKE_SSH_LOG=str(tmp_path / "ssh.log"), OMP_NUM_THREADS="1")
+
+    def kill_a_server(p, job):
+        servers = [d for d in descendants(p.pid) if Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")[1:3] ==
+                   [b"-c", b"import mxnet"] and b"DMLC_ROLE=server" in Path(f"/proc/{d}/environ").read_bytes()]
+        assert len(servers) == 2, servers
+        os.kill(servers[1], signal.SIGKILL)
+
+    rc, text, job, took = watch_job(
+        ["-n", "1", "-b", "8", "--hostfile", hosts, "--dist-addr", "127.0.0.1", "--ssh",
+         f"{ssh} -o BatchMode=yes -tt", "-e", "1", "--benchmark-iters", "500", *SMALL, "--dist-timeout", "20",
+         "--model-prefix", tmp_path / "m"], "Batch[3/500]", kill_a_server, env=env)
+    assert rc != 0 and took < 20 + 10, text
+    assert "ERROR dist: server on 127.0.0.1 (ssh pid" in text, text
+    assert "another process of the job died (the launcher says)" in text, text
+    assert json.loads((tmp_path / "m-0001-partial.json").read_text())["batch"] >= 3
+    time.sleep(1)
+    assert alive(job) == []
+
+
 @pytest.mark.parametrize("hostfile,flags,message", [
     ("h1\nh2\n", [], "--hostfile needs --dist-addr"),
     ("h1 slots=2 extra\n", ["--dist-addr", "10.0.0.1"], "line 1: expected 'host' or 'host slots=N'"),
@@ -381,16 +540,16 @@ def test_scaling_model_by_hand(capsys):
 def test_a_killed_process_is_named_before_the_peer_it_took_down(tmp_path, caplog):
     """Two failures seen in the same poll (a Horovod peer fails within milliseconds of its partner's SIGKILL): the
     supervisor names the killed process and exits with its status, not the peer's error exit."""
-    import dist
+    import launcher
 
     killed = subprocess.Popen(["sleep", "60"])
     peer = subprocess.Popen([PY, "-c", "import sys; sys.exit(1)"])
     peer.wait()
     killed.kill()
     killed.wait()
-    job = dist.Job(tmp_path, [dist.Member("worker", 0, peer), dist.Member("worker", 1, killed)])
+    job = launcher.Job(tmp_path, [launcher.Member("worker", 0, peer), launcher.Member("worker", 1, killed)])
     with caplog.at_level("ERROR", logger="dist"):
-        assert dist.supervise(job, 5, []) == 128 + signal.SIGKILL
+        assert launcher.supervise(job, launcher.Supervision(timeout=5)) == 128 + signal.SIGKILL
     [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert line.startswith(f"dist: worker 1 (pid {killed.pid}, before it had a rank) was killed by SIGKILL"), line
 
@@ -470,9 +629,12 @@ def test_horovod_job_reads_dali_data(demo_root, tmp_path):
 
 @pytest.mark.e2e
 @needs_horovod
-def test_horovod_killed_worker_ends_the_job():
+def test_horovod_killed_worker_ends_the_job(tmp_path):
+    """A Horovod process killed: its peer's allreduce fails at once; rank 0 saves a partial checkpoint of its
+    weights after a whole step and its report says failed, naming the dead process and how to resume."""
     p = subprocess.Popen([str(ROOT / "runner"), "-n", "2", "-b", "8", "--kv-store", "horovod", "-e", "1",
-                          "--benchmark-iters", "500", *SMALL, "--dist-timeout", "5"],
+                          "--benchmark-iters", "500", *SMALL, "--dist-timeout", "5", "--model-prefix",
+                          tmp_path / "m", "--report", tmp_path / "r.json"],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err, job, killed_at, seen = [], [], None, []
     try:
@@ -494,3 +656,6 @@ def test_horovod_killed_worker_ends_the_job():
     assert len(failure) == 1 and "was killed by SIGKILL" in failure[0], "".join(err)
     assert ended < 5 + 10 and alive(job) == []
     assert seen and all(a.startswith("127.0.0.1:") for a in seen), seen  # the rendezvous and Gloo's sockets
+    assert json.loads((tmp_path / "m-0001-partial.json").read_text())["batch"] >= 2
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "failed" and report["dist"]["failure"]["resume"].endswith("--resume"), report

@@ -226,10 +226,20 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_reports_it(tmp_path, tmpfs):
                "--report", disk / "r.json", *SYNTH])
     assert res.returncode == 5, res.stderr[-2000:]
     one_error(res, f"{disk}/m-0002.params: no space left on device for a checkpoint")
+    assert "checked before epoch 1 is trained" in res.stderr and "Epoch[1] Batch" not in res.stderr  # no lost work
     assert [c.name for c in checkpoint.listing(disk / "m")] == [f"{disk / 'm'}-0001"]
     assert checkpoint.problem(checkpoint.listing(disk / "m")[0]) is None
     r = json.loads((disk / "r.json").read_text())
-    assert r["status"] == "failed" and "no space left" in r["error"] and r["epochs"] == [0, 1]
+    assert r["status"] == "failed" and "no space left" in r["error"] and r["epochs"] == [0]
+
+
+def test_a_disk_too_small_for_one_checkpoint_is_found_before_any_work(tmp_path, tmpfs):
+    disk = tmpfs("20m")
+    res = run([RUNNER, "-n", "1", "-b", "8", "-e", "3", "--no-val", "--model-prefix", disk / "m", *SYNTH])
+    assert res.returncode == 5, res.stderr[-2000:]
+    one_error(res, f"{disk}/m-0001.params: no space left on device for a checkpoint")
+    assert "checked before epoch 0 is trained" in res.stderr and "Batch[" not in res.stderr
+    no_temporaries(disk)
     no_temporaries(disk)
 
 

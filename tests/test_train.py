@@ -180,7 +180,11 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert meta["partial"] and 3 <= meta["batch"] < 8
     assert not (tmp_path / "cut-0002.params").exists()  # plain MXNet loaders never take it for epoch 2
     assert json.loads((tmp_path / "r.json").read_text())["status"] == "interrupted"
-    run([RUNNER, *common, "--model-prefix", tmp_path / "cut", "--load-epoch", "2"], check=True)
+    run([RUNNER, *common, "--model-prefix", tmp_path / "cut", "--load-epoch", "2", "--report", tmp_path / "r.json"],
+        check=True)
+    report = json.loads((tmp_path / "r.json").read_text())  # epoch 0 from the first run, epoch 1 resumed
+    assert report["epochs"] == [0, 1] and report["metrics"]["train.iters"] == [8, 8 - meta["batch"]], report
+    assert report["resumed"] == [{"checkpoint": f"{tmp_path / 'cut'}-0002-partial", "epoch": 1}]
     assert not json.loads((tmp_path / "cut-0002.json").read_text())["partial"]
     assert not (tmp_path / "cut-0002-partial.json").exists()  # superseded by the complete epoch
     full, resumed = params_of(tmp_path / "full-0002.params"), params_of(tmp_path / "cut-0002.params")

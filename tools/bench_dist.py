@@ -2,7 +2,7 @@
 """The gradient exchange of a ResNet-50 v1.5 training step on MXNet's parameter server, alone: what each step of a
 ``./runner --workers W`` job adds to the compute.
 
-It starts a job as the runner does (``dist.launch``: W workers, W servers and a scheduler on 127.0.0.1) whose
+It starts a job as the runner does (``launcher.launch``: W workers, W servers and a scheduler on 127.0.0.1) whose
 workers do nothing but what ``Module.update`` does to the kvstore in a step: one ``pushpull`` of every parameter's
 gradient (ResNet-50 v1.5's 161 tensors at their shapes, float32, 1000 classes), then ``mx.nd.waitall()``. Each
 worker times ``--steps`` such exchanges after ``--warmup`` ones; rank 0 writes the median and the bytes it sent and
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker(args.steps, args.warmup, args.output)
     if args.workers < 2 or args.steps < 1 or args.warmup < 0:
         raise UsageError("--workers at least 2, --steps at least 1, --warmup at least 0")
-    import dist
+    import launcher
 
     threads = max(1, available_cores() // args.workers)
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--steps", str(args.steps), "--warmup",
@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    rc = dist.launch(argv, dict(os.environ, OMP_NUM_THREADS=str(threads)), args.workers, args.workers, 30.0, threads)
+    rc = launcher.launch(argv, dict(os.environ, OMP_NUM_THREADS=str(threads)), args.workers, args.workers,
+                         launcher.Supervision(), threads)
     if rc != 0:
         return rc
     r = json.loads(args.output.read_text())
