@@ -305,7 +305,7 @@ class LostGuard:
                 return
             if lost & got:
                 break
-        log.error("another process of the job died (the launcher says); saving what can be resumed")
+        log.warning("another process of the job died (the launcher says); saving what can be resumed")
         with self.busy:  # the main thread waits on the dead worker (or will, within a step)
             hard_exit(self._call())
 
@@ -330,7 +330,7 @@ class LostGuard:
             if not _lost_peer(err):
                 self.busy.acquire()
                 raise
-            log.error("the job lost a process: %s", str(err).strip().splitlines()[0])
+            log.warning("the job lost a process: %s", str(err).strip().splitlines()[0])
             self.busy.acquire()
             hard_exit(self._call())
         self.busy.acquire()

@@ -576,8 +576,8 @@ class Trainer:
             self.save(number, batch, partial)
         where = f"after epoch {self.epoch}" if self.trained else f"in epoch {self.epoch} after {batch} iterations"
         report.save("failed", f"{why}; rank 0 saved {name} ({where})")
-        log.error("%s: rank 0 stopped %s and saved %s; the launcher names the process and the command that "
-                  "resumes", why, where, name)
+        log.warning("%s: rank 0 stopped %s and saved %s; the launcher names the process and the command that "
+                    "resumes", why, where, name)
         return 1
 
     def train_stats(self, meter: Meter, skipped_before: int) -> dict:

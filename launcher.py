@@ -46,7 +46,7 @@ log = logging.getLogger("dist")
 
 LOOPBACK = "127.0.0.1"
 PORT_TRIES = 5  # the scheduler's port is picked free and may be taken before ps-lite binds it: retried
-STOP_GRACE = 2.0  # seconds the other workers get once rank 0 has stopped on a signal (they have nothing to save)
+STOP_GRACE = 1.0  # seconds the other workers get once rank 0 has stopped on a signal (they have nothing to save)
 ANSWERED = "rn50-dist: answered"  # the first line a host's shell prints, before Python starts
 LOST_SIGNAL = signal.SIGUSR1  # to rank 0 on this host: another process of the job died
 

@@ -502,6 +502,7 @@ def test_hostfile_dry_run(tmp_path, capsys):
                    "--dry-run", "--assume-gpus", "8"]) == 0
     out = capsys.readouterr().out
     assert "one worker and one server on each of node1, node2" in out and "--kv-store dist_device_sync" in out
+    assert "over ssh -o BatchMode=yes -o ConnectTimeout=15 " in out  # a host that never answers fails in 15 s
     assert "--batch-size 1664" in out  # per worker: 8 GPUs x 208; the LR is for 2 x 1664
 
 
