@@ -303,15 +303,18 @@ def _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml=None, kv=N
 
 def check_memory(sym, dcfg, fcfg, dtype: str, contexts) -> None:
     """Refuse a batch that does not fit in memory before anything is allocated (``memory.check_batch``): on CPU the
-    process batch against the machine's memory, on GPUs each device's share against its free memory."""
+    process batch against the machine's memory, on GPUs each device's share against its free memory; the message
+    names the batch per device too (the runner's -b)."""
     n = len(contexts)
     if contexts[0].device_type == "gpu":
         memory.check_batch(sym, dcfg.image_shape, fcfg.batch_size // n, dtype=dtype, training=not fcfg.only_inference,
                            device_type="gpu", device_id=contexts[0].device_id, input_layout=dcfg.input_layout,
-                           flag=f"--batch-size {fcfg.batch_size} over {n} GPU(s), per GPU")
-    else:
+                           flag=f"--batch-size {fcfg.batch_size} over {n} GPU(s): the runner's -b, per GPU,")
+    else:  # the runner's -b is the batch per device; train.py's --batch-size the process's (n devices x -b)
         memory.check_batch(sym, dcfg.image_shape, fcfg.batch_size, dtype=dtype, training=not fcfg.only_inference,
-                           num_devices=n, input_layout=dcfg.input_layout)
+                           num_devices=n, input_layout=dcfg.input_layout,
+                           flag="--batch-size {batch} (the runner's -b {per_device} per device" +
+                                (f" x {n} devices)" if n > 1 else ")"))
 
 
 if __name__ == "__main__":

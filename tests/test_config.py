@@ -52,7 +52,8 @@ def call(main, argv) -> int:
     (["--num-examples", "0"], "--num-examples 0: must be at least 1"),
     (["--dali-threads", "0", "--data-backend", "dali-cpu", "--data-root", "{root}", "--image-shape", "3,32,32"],
      "--dali-threads 0: must be at least 1"),
-    (["--batch-size", "100000"], "--batch-size 100000: ResNet-50 training at 3x224x224 float32 needs about"),
+    (["--batch-size", "100000"], "--batch-size 100000 (the runner's -b 100000 per device): ResNet-50 training at "
+                                 "3x224x224 float32 needs about"),
     (["--cpu-devices", "0"], "--cpu-devices 0: this machine has"),
     (["--model-prefix", "runs/"], "argument --model-prefix: 'runs/' ends in '/', a folder; give the folder and a "
                                   "name, e.g. runs/model"),

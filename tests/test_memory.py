@@ -143,6 +143,19 @@ def test_check_batch_passes_small_batch_and_names_the_flag():
         memory.check_batch(sym, (3, 64, 64), 99_999_999, dtype="float32", training=False, num_devices=2, flag="-b")
 
 
+@pytest.mark.e2e
+def test_refusal_names_the_batch_per_device_as_the_user_gave_it():
+    """./runner -n 2 -b B refused: the line names -b B (per device) beside train.py's --batch-size 2B."""
+    from conftest import ROOT, run
+
+    res = run([ROOT / "runner", "-n", "2", "-b", "100000", "--data-backend", "synthetic"], timeout=120)
+    err = res.stderr
+    assert res.returncode == 2, err
+    assert err.startswith("train.py: error: --batch-size 200000 (the runner's -b 100000 per device x 2 devices): "
+                          "ResNet-50 training on 2 CPU devices at 3x224x224 float32 needs about "), err
+    assert re.search(r"the largest batch that fits is about (\d+) \((\d+) per device\)$", err.strip()), err
+
+
 def test_refusal_when_nothing_fits():
     est = Estimate(fixed_bytes=2 * GiB, per_image_bytes=100 * MiB)
     kw = dict(model="the model", what="training", image_shape=(3, 224, 224), dtype="float32")
@@ -150,7 +163,7 @@ def test_refusal_when_nothing_fits():
     line = memory.refusal(est, 8, 3 * GiB, "MemAvailable", 2 * GiB + 150 * MiB, num_devices=2, **kw)
     assert line.endswith("not even one image per device fits")
     line = memory.refusal(est, 64, 5 * GiB, "MemAvailable", 4 * GiB, num_devices=2, **kw)
-    assert line.endswith("the largest batch that fits is about 20")  # 20.48, rounded down to a multiple of 2
+    assert line.endswith("the largest batch that fits is about 20 (10 per device)")  # 20.48, to a multiple of 2
     assert "2.00 GiB" not in line and "about 8.25 GiB (about 100 MiB per image + 2 GiB for" in line
 
 
