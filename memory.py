@@ -445,11 +445,13 @@ def refusal(est: Estimate, batch: int, avail: int, source: str, budget: int, *, 
             image_shape, dtype: str, num_devices: int = 1, device_type: str = "cpu",
             flag: str = "--batch-size") -> str:
     """The one line ``check_batch`` raises: what ``batch`` needs, what is available, the largest batch that fits
-    in ``budget`` (a multiple of ``num_devices``)."""
+    in ``budget`` (a multiple of ``num_devices``). ``flag`` names the batch as the user gave it: ``{flag} {batch}``
+    unless it holds ``{batch}`` (and ``{per_device}``) itself."""
     largest = est.largest_batch(budget)
     largest -= largest % num_devices
     if largest:
-        fits = f"the largest batch that fits is about {largest}"
+        fits = f"the largest batch that fits is about {largest}" + (
+            f" ({largest // num_devices} per device)" if num_devices > 1 else "")
     elif est.fixed_bytes > budget:
         fits = "not even the fixed part fits"
     else:
@@ -459,7 +461,8 @@ def refusal(est: Estimate, batch: int, avail: int, source: str, budget: int, *, 
     fixed = ("weights, gradients, optimizer state" if what == "training" else "weights") + \
         (" and the MXNet runtime" if device_type == "cpu" else "")
     kept = f", {MARGIN:.0%} of which is kept free" if MARGIN else ""
-    return (f"{flag} {batch}: {model} {what}{where} at {shape} {dtype} needs about {_fmt(est.total(batch))} "
+    subject = flag.format(batch=batch, per_device=batch // num_devices) if "{batch}" in flag else f"{flag} {batch}"
+    return (f"{subject}: {model} {what}{where} at {shape} {dtype} needs about {_fmt(est.total(batch))} "
             f"(about {_fmt(est.per_image_bytes)} per image + {_fmt(est.fixed_bytes)} for {fixed}); "
             f"{_fmt(avail)} are available ({source}){kept}; {fits}")
 
@@ -480,3 +483,18 @@ def check_batch(sym, image_shape, batch: int, *, dtype: str, training: bool, num
     raise UsageError(refusal(est, batch, avail, source, budget, model=model_name(sym),
                              what="training" if training else "scoring", image_shape=image_shape, dtype=dtype,
                              num_devices=num_devices, device_type=device_type, flag=flag))
+
+
+def cpu_budget(runtime_bytes: int = RUNTIME_BYTES) -> tuple[int, int, str]:
+    """(bytes a CPU run may use, bytes available, where that number came from), reckoned as ``check_batch`` reckons
+    a CPU batch: what is available plus the part of ``runtime_bytes`` this process already holds, less ``MARGIN``.
+    For callers that add needs of their own to an ``Estimate`` (loadgen.py: its sample library and LoadGen's
+    queries)."""
+    avail, source = available_bytes("cpu")
+    held = min(_resident_bytes(), runtime_bytes)
+    return int((avail + held) * (1 - MARGIN)), avail, source
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as the refusals write them (``"3.9 GiB"``, ``"512 MiB"``)."""
+    return _fmt(n)
