@@ -220,3 +220,26 @@ def test_unwritable_output_is_one_line_before_any_cell(tmp_path):
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith(f"benchmark.py: error: -o {tmp_path / 'file' / 'sweep.json'}: cannot write there")
     assert len(res.stderr.strip().splitlines()) == 1 and "benchmark: dtype" not in res.stderr
+
+
+def test_a_signal_to_a_bench_tool_ends_the_runner_it_started(tmp_path):
+    """tools/bench_train.py runs the runner as a child (common.Children): SIGTERM to the tool alone is passed on to
+    it; the tool exits 143 with one line once it has ended, and nothing it started is left running."""
+    marker = "99991"  # the iteration count: found in the child's command line
+    p = subprocess.Popen([PY, ROOT / "tools" / "bench_train.py", "-b", "8", "--image-size", "32", "-i", marker,
+                          "--repeats", "1", "--no-bf16", "-o", tmp_path / "t.json"], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while not processes_with(f"--benchmark-iters {marker}".replace(" ", "\0")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_with(f"--benchmark-iters\0{marker}"), "the runner did not start"
+        time.sleep(3)  # train.py is up and training
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "bench_train.py: stopped by SIGTERM; the processes it started have ended"
+    assert processes_with(f"--benchmark-iters\0{marker}") == [] and not (tmp_path / "t.json").exists()

@@ -660,3 +660,16 @@ def test_horovod_killed_worker_ends_the_job(tmp_path):
     assert json.loads((tmp_path / "m-0001-partial.json").read_text())["batch"] >= 2
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["status"] == "failed" and report["dist"]["failure"]["resume"].endswith("--resume"), report
+
+
+@pytest.mark.e2e
+@needs_horovod
+def test_horovod_sigterm_checkpoints_and_exits_within_10_s(tmp_path):
+    rc, text, job, took = watch_job(
+        ["-n", "2", "-b", "8", "--kv-store", "horovod", "-e", "1", "--benchmark-iters", "500", *SMALL,
+         "--model-prefix", tmp_path / "m", "--report", tmp_path / "r.json"], "Batch[2/500]",
+        lambda p, job: p.send_signal(signal.SIGTERM))
+    assert rc == 128 + signal.SIGTERM and took < 10, (took, text)
+    assert (tmp_path / "m-0001-partial.json").is_file(), text
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "interrupted"
+    assert alive(job) == []
