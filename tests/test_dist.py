@@ -633,29 +633,20 @@ def test_horovod_job_reads_dali_data(demo_root, tmp_path):
 def test_horovod_killed_worker_ends_the_job(tmp_path):
     """A Horovod process killed: its peer's allreduce fails at once; rank 0 saves a partial checkpoint of its
     weights after a whole step and its report says failed, naming the dead process and how to resume."""
-    p = subprocess.Popen([str(ROOT / "runner"), "-n", "2", "-b", "8", "--kv-store", "horovod", "-e", "1",
-                          "--benchmark-iters", "500", *SMALL, "--dist-timeout", "5", "--model-prefix",
-                          tmp_path / "m", "--report", tmp_path / "r.json"],
-                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err, job, killed_at, seen = [], [], None, []
-    try:
-        for line in p.stderr:
-            err.append(line)
-            if killed_at is None and "Batch[2/500]" in line:
-                job = children(p.pid)
-                seen = listening([p.pid, *job])
-                os.kill(job[1], signal.SIGKILL)
-                killed_at = time.monotonic()
-        rc = p.wait(timeout=60)
-        ended = time.monotonic() - killed_at
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert killed_at is not None, "".join(err)
-    assert rc == 128 + signal.SIGKILL, "".join(err)
-    failure = [ln for ln in err if "ERROR dist:" in ln]
-    assert len(failure) == 1 and "was killed by SIGKILL" in failure[0], "".join(err)
-    assert ended < 5 + 10 and alive(job) == []
+    seen = []
+
+    def kill_rank_1(p, job):
+        seen.extend(listening([p.pid, *job]))
+        os.kill(children(p.pid)[1], signal.SIGKILL)
+
+    rc, text, job, took = watch_job(
+        ["-n", "2", "-b", "8", "--kv-store", "horovod", "-e", "1", "--benchmark-iters", "500", *SMALL,
+         "--dist-timeout", "5", "--model-prefix", tmp_path / "m", "--report", tmp_path / "r.json"], "Batch[2/500]",
+        kill_rank_1, timeout=60)
+    assert rc == 128 + signal.SIGKILL, text
+    [failure] = [ln for ln in text.splitlines() if "ERROR dist:" in ln]
+    assert "was killed by SIGKILL" in failure, text
+    assert took < 5 + 10 and alive(job) == []
     assert seen and all(a.startswith("127.0.0.1:") for a in seen), seen  # the rendezvous and Gloo's sockets
     assert json.loads((tmp_path / "m-0001-partial.json").read_text())["batch"] >= 2
     report = json.loads((tmp_path / "r.json").read_text())
