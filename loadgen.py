@@ -56,6 +56,39 @@ ResNet-50's 1024 performance samples, Server's 15 ms, ...) and the file over it:
 LoadGen applies its ``mlperf.conf`` only in the first ``FromConfig`` of a process, which is one reason each scenario
 of a comma list runs in a process of its own.
 
+Fitting the machine, before any work: the settings above decide what LoadGen generates before its test starts (all
+of it, up front: ``GenerateQueries``). Offline: one query of max(min_query_count, 1.1 x --time x --qps) samples, all
+issued at once; Server: max(min_query_count, --time x --qps) queries of one sample; SingleStream and MultiStream:
+max(min_query_count, 2 x --time / --expected-latency) queries of 1 or --samples-per-query samples; accuracy mode:
+every QSL sample once. Its host memory is estimated with the model ``train.py`` refuses batches with
+(``memory.estimate``'s scoring figures: weights, runtime, activations per image) and this process's own parts:
+
+    mxnet        fixed + (per image + 5.5 x input) x --max-batchsize + 1.5 x fp32 weights x (batch sizes bound)
+                 + input x --max-batchsize x (--threads - 1)     (the model runs one batch at a time; each bound
+                 size holds oneDNN-fused weights of its own; each waiting worker holds its batch)
+    onnxruntime  fixed + 100 MiB + 1.6 x per image x --max-batchsize x --threads     (the threads' batches run at once)
+    both         + 110 MiB (DALI's decoder, LoadGen) + C x H x W x 4 bytes per loaded sample
+                 + LoadGen's queries: 320 bytes a query, 48 a further sample of it, 272 a sample issued while the
+                 SUT is busy (Offline's whole query; Server's arrivals when the SUT falls behind)
+
+(LoadGen's part measured with a SUT that answers at once, 0.2 to 2.2 million samples: Offline 316 bytes a sample,
+SingleStream 305 and Server 346 a query, MultiStream 632 a query of 8. The rest as the peak resident set of this
+process on a 2-core Intel Xeon (family 6, model 167), oneDNN, ResNet-18 and -50 at 32 and 224 px, batches 1 to
+4096, 1 to 3 threads: 0.77 to 0.98 of the estimate over 20 runs.) On a GPU the model's batch is checked against the
+GPU's free memory (``memory.check_batch``) and the host holds the rest. More than the machine has available, less
+``memory.MARGIN``, reckoned as for ``train.py`` (MemAvailable or the cgroup's limit), is one line and exit 2: it names
+the flag of the largest part that can shrink (``--max-batchsize`` with ``--threads``, ``--performance-sample-count``,
+``--qps``, ``--expected-latency`` or ``--count``) and the largest (or smallest) value of it that fits beside the
+rest. Offline's query is generated and issued whole: a ``--qps`` far beyond the machine needs the memory of all its
+samples before the first one is scored.
+
+The duration: after the warm-up, the fastest of two batches of the scenario's size (SingleStream 1, MultiStream a
+query's samples up to --max-batchsize, else --max-batchsize) is timed. A performance test takes at least: Offline its
+samples at that rate; Server max(the schedule's --time, its samples at that rate); SingleStream and MultiStream
+max(--time, min_query_count queries one after the other). When that is more than both 2 x and 30 s beyond the
+minimum duration, one warning line gives it and the flag to lower (Offline and Server: --qps to about the rate
+timed; SingleStream --count; MultiStream --samples-per-query or --count). The summary's ``plan`` holds the numbers.
+
 Outputs in ``--output`` (a comma list: one folder per scenario below it): LoadGen's ``mlperf_log_summary.txt``,
 ``mlperf_log_detail.txt``, ``mlperf_log_accuracy.json``, ``mlperf_log_trace.json`` (earlier ones of these names are
 replaced), and ``summary.json`` (written to a temporary file and renamed), parsed from the summary:
@@ -80,6 +113,9 @@ replaced), and ``summary.json`` (written to a temporary file and renamed), parse
                       (QSL samples without an answer), ``dtype`` (``float32``), computed from
                       ``mlperf_log_accuracy.json`` against the records' labels as ``accuracy-imagenet.py`` does
     ``samples``       ``issued``, ``answered`` (with a prediction) and ``empty`` (-1.0) by the SUT
+    ``plan``          what LoadGen generates (``queries``, ``samples_per_query``, ``samples``), the host memory
+                      estimated (``memory_bytes``), the batch timed (``batch``, ``batch_s``, ``samples_per_second``) and
+                      the test's duration expected from them (``expected_s``); see "Fitting the machine"
     ``model``, ``qsl``, ``cmd``   what ran: backend, dtype, device, checkpoint or ONNX file, batch sizes, threads
                       (onnxruntime: its providers); the QSL's size and performance sample count; the command line
     ``files``, ``wall_s``   LoadGen's files in the folder; the test's wall time, seconds
@@ -135,6 +171,7 @@ import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
@@ -144,9 +181,9 @@ from typing import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common import (BF16_NEEDS_CPU, FP16_NEEDS_GPU, DataError, Parser, StopFlag, Stopped, UsageError,  # noqa: E402
-                    available_cores, check_bf16_cpu, check_writable, finite_float, float_list, int_list, path_arg,
-                    run_main, write_json)
+from common import (BF16_NEEDS_CPU, FP16_NEEDS_GPU, Children, DataError, Parser, StopFlag, Stopped,  # noqa: E402
+                    UsageError, available_cores, check_bf16_cpu, check_writable, finite_float, float_list, int_list,
+                    path_arg, run_main, write_json)
 
 log = logging.getLogger("loadgen")
 
@@ -187,18 +224,24 @@ def build_parser() -> Parser:
     g.add_argument("--performance-sample-count", type=int, default=None,
                    help=f"samples LoadGen keeps loaded in performance mode (default: min(--count, "
                         f"{PERFORMANCE_SAMPLES}), ResNet-50's value)")
-    g.add_argument("--time", type=finite_float, default=None, help="min_duration, seconds (LoadGen's default: 10)")
+    g.add_argument("--time", type=finite_float, default=None,
+                   help="min_duration, seconds (LoadGen's default: 10); a test expected to take far longer is "
+                        "warned of before it starts")
     g.add_argument("--qps", type=finite_float, default=None,
-                   help="Server: target QPS; Offline: expected QPS (sizes its one query); also the rate of "
-                        "Server's accuracy run")
+                   help="Server: target QPS; Offline: expected QPS (its one query: 1.1 x --time x --qps samples, "
+                        "held in memory at once; refused when they cannot fit); also the rate of Server's accuracy "
+                        "run")
     g.add_argument("--max-latency", type=finite_float, default=None,
                    help="Server: target latency at the 99th percentile, seconds (MLPerf's ResNet-50: 0.015)")
     g.add_argument("--expected-latency", type=finite_float, default=None,
                    help="SingleStream/MultiStream: the latency, seconds, LoadGen plans its queries with (too high "
                         "and it runs out of queries before --time)")
     g.add_argument("--samples-per-query", type=int, default=8, help="MultiStream samples per query")
-    g.add_argument("--max-batchsize", type=int, default=32, help="largest batch the SUT runs")
-    g.add_argument("--threads", type=int, default=1, help="SUT worker threads")
+    g.add_argument("--max-batchsize", type=int, default=32,
+                   help="largest batch the SUT runs (refused, with the largest that fits, when it cannot fit in "
+                        "memory)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="SUT worker threads (onnxruntime runs their batches at once: memory x --threads)")
     g.add_argument("--user-conf", type=path_arg, default=None,
                    help="LoadGen user.conf: LoadGen's mlperf.conf and then this file override the flags "
                         "(settings.FromConfig(path, 'resnet50', scenario))")
@@ -422,20 +465,25 @@ def warn_audit_config() -> None:
 # QSL: the validation records, preprocessed as the validation pass does it
 
 
+def read_val_index(dcfg) -> list:
+    """The (key, offset) pairs of ``dcfg.data_val_idx``; a one-line ``UsageError`` when it cannot be read."""
+    import recfile
+
+    try:
+        return recfile.read_index(dcfg.data_val_idx)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{dcfg.data_val_idx}: not a readable index ({err}); rebuild it with "
+                         "tools/prepare_dataset.py") from None
+
+
 class SampleLibrary:
     """LoadGen's query sample library over the first ``count`` records of ``dcfg.data_val``."""
 
     CHUNK = 64  # images per run of the preprocessing pipeline
 
     def __init__(self, dcfg, count: int | None):
-        import recfile
-
         self.cfg = dcfg
-        try:
-            pairs = recfile.read_index(dcfg.data_val_idx)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"{dcfg.data_val_idx}: not a readable index ({err}); rebuild it with "
-                             "tools/prepare_dataset.py") from None
+        pairs = read_val_index(dcfg)
         self.pairs = pairs[:count] if count is not None else pairs  # check_files has checked --count
         self.labels = self._read_labels()
         self.samples: dict[int, np.ndarray] = {}
@@ -542,7 +590,8 @@ class _FailHook:
 
 class MXNetBackend:
     """Modules bound for inference (``fit.create_module``) at ``max_batch`` and every power of two below it, the
-    smaller ones sharing the largest one's parameters and memory; a batch runs as the largest of these that fit what
+    smaller ones sharing the largest one's parameters and memory (each holds oneDNN-fused weights and an input array
+    of its own, though: ``EXECUTOR_WEIGHTS``, ``MXNET_INPUTS``); a batch runs as the largest of these that fit what
     is left of it, in turn (no padding: the tail of an Offline query would otherwise run up to a whole batch of
     zeros). MXNet's executors are used by one thread at a time (a lock)."""
 
@@ -556,10 +605,8 @@ class MXNetBackend:
         self.name = "mxnet"
         self.mx, self.spec, self.dcfg = mx, spec, dcfg
         self.ctx = mx.gpu(0) if spec.device == "gpu" else mx.cpu()
-        self.sym = resnet.build(spec.model, num_classes=spec.num_classes, image_shape=spec.image_shape,
-                                dtype=spec.dtype, input_dtype="float32", input_layout=spec.input_layout,
-                                device_type=spec.device, for_training=False)
-        self.sizes = sorted({max_batch, *(1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch)})
+        self.sym = inference_symbol(spec)
+        self.sizes = batch_sizes(max_batch)
         self.hook = _FailHook()
         self._lock = threading.Lock()
         base = fit.create_module(self.sym, [self.ctx], self._shapes(max_batch), for_training=False)
@@ -972,44 +1019,358 @@ def accuracy(path: Path, labels: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Before the test: what LoadGen will generate, the memory of it all, how long it will take (module docstring:
+# "Fitting the machine")
+
+OFFLINE_SLACK = 1.1  # LoadGen's Offline query: max(min_query_count, 1.1 x min duration x expected QPS) samples
+GENERATE_FACTOR = 2  # SingleStream and MultiStream queries are generated for twice the min duration (Server: once)
+QUERY_BYTES = 320  # LoadGen, per generated query with its first sample (measured 305 SingleStream, 346 Server)
+SAMPLE_BYTES = 48  # LoadGen, per further sample of a query (MultiStream: 632 measured for a query of 8)
+QUEUED_BYTES = 272  # this harness, per sample issued and waiting for the SUT (Offline: 316 measured with LoadGen's)
+HARNESS_BYTES = 110 << 20  # loadgen.py beside the model: DALI's decoder, LoadGen, onnxruntime's libraries
+EXECUTOR_WEIGHTS = 1.5  # mxnet: each batch size bound holds oneDNN-fused weights of its own, x the fp32 weights
+MXNET_INPUTS = 5.5  # mxnet: inputs held per image of --max-batchsize beyond memory.estimate's per-image figure
+ORT_ACTIVATIONS = 1.6  # onnxruntime's memory per image in flight, x memory.estimate's (MXNet's) scoring figure
+ORT_SESSION_BYTES = 100 << 20  # onnxruntime's session beside memory.estimate's fixed part
+FAR_FACTOR, FAR_S = 2.0, 30.0  # a test far beyond its min duration: longer than FAR_FACTOR x it and it + FAR_S
+
+
+def inference_symbol(spec: ModelSpec):
+    """The network the mxnet backend binds (float32 NCHW for onnxruntime: what tools/export_onnx.py exports)."""
+    import resnet
+
+    return resnet.build(spec.model, num_classes=spec.num_classes, image_shape=spec.image_shape, dtype=spec.dtype,
+                        input_dtype="float32", input_layout=spec.input_layout, device_type=spec.device,
+                        for_training=False)
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    """The sizes the mxnet backend can bind: ``max_batch`` and every power of two below it."""
+    return sorted({max_batch, *(1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch)})
+
+
+def bound_sizes(max_batch: int, largest: int) -> list[int]:
+    """The sizes bound when no batch has more than ``largest`` samples: ``max_batch`` (bound first), those up to
+    the first one not below ``largest`` (what the warm-up runs) and none above (never used)."""
+    sizes = batch_sizes(max_batch)
+    first = next(s for s in sizes if s >= largest)
+    return sorted({max_batch, *(s for s in sizes if s <= first)})
+
+
+def scenario_batch(scenario: str, max_batch: int, samples_per_query: int) -> int:
+    """The largest batch a scenario runs: SingleStream 1, MultiStream a query's samples (at most ``max_batch``),
+    Server and Offline ``max_batch``."""
+    return {"SingleStream": 1, "MultiStream": min(max_batch, samples_per_query)}.get(scenario, max_batch)
+
+
+@dataclass(frozen=True)
+class TestPlan:
+    """What LoadGen generates before the test starts (its ``GenerateQueries``, from the effective settings):
+    ``queries`` queries of ``per_query`` samples, ``queued`` samples of which may wait in the SUT's queue at once
+    (Offline: its one query; Server: every arrival, when the SUT falls behind). A performance test ends once
+    ``min_queries`` queries are done and ``min_duration_s`` has passed, or at ``max_duration_s`` (0: none)."""
+    scenario: str
+    accuracy: bool
+    queries: int
+    per_query: int
+    queued: int
+    min_queries: int
+    min_duration_s: float
+    max_duration_s: float = 0.0
+    qps: float = 0.0  # Server's target, Offline's expected (0 for the others)
+    latency_s: float = 0.0  # SingleStream's and MultiStream's expected latency (0 for the others)
+
+    @property
+    def samples(self) -> int:
+        return self.queries * self.per_query
+
+    @property
+    def loadgen_bytes(self) -> int:
+        """LoadGen's generated queries and this harness's queue, bytes."""
+        return self.queries * QUERY_BYTES + (self.samples - self.queries) * SAMPLE_BYTES + self.queued * QUEUED_BYTES
+
+
+def plan_test(settings, scenario: str, accuracy: bool, total: int, loaded: int) -> TestPlan:
+    """The ``TestPlan`` of ``settings`` (LoadGen's ``TestSettings``, after ``--user-conf``) over a QSL of ``total``
+    samples, ``loaded`` of which are loaded at a time."""
+    dur = settings.min_duration_ms / 1000
+    mqc = settings.min_query_count
+    spq = settings.multi_stream_samples_per_query if scenario == "MultiStream" else 1
+    qps = {"Server": settings.server_target_qps, "Offline": settings.offline_expected_qps}.get(scenario, 0.0)
+    common = {"scenario": scenario, "accuracy": accuracy, "min_queries": mqc, "min_duration_s": dur,
+              "max_duration_s": settings.max_duration_ms / 1000, "qps": qps}
+    if accuracy:  # every sample once, a loaded set after the other (Offline: one query a set)
+        if scenario == "Offline":
+            return TestPlan(queries=-(-total // loaded), per_query=loaded, queued=loaded, **common)
+        return TestPlan(queries=-(-total // spq), per_query=spq, queued=total if scenario == "Server" else 0,
+                        **common)
+    if scenario == "Offline":
+        n = max(mqc, int(OFFLINE_SLACK * dur * qps))
+        return TestPlan(queries=1, per_query=n, queued=n, **common)
+    if scenario == "Server":
+        n = max(mqc, math.ceil(dur * qps) + 1)
+        return TestPlan(queries=n, per_query=1, queued=n, **common)
+    latency_ns = settings.single_stream_expected_latency_ns if scenario == "SingleStream" else \
+        settings.multi_stream_expected_latency_ns
+    n = max(mqc, math.ceil(GENERATE_FACTOR * settings.min_duration_ms * 1e6 / latency_ns) + 1)
+    return TestPlan(queries=n, per_query=spq, queued=0, latency_s=latency_ns / 1e9, **common)
+
+
+def expected_seconds(plan: TestPlan, batch: int, batch_s: float) -> float:
+    """How long the test takes at the least when a batch of ``batch`` samples takes ``batch_s`` seconds: the queries
+    of SingleStream and MultiStream one after the other, each as batches of at most ``batch``; Server's arrivals at
+    ``plan.qps`` and its samples, like Offline's, at ``batch / batch_s`` a second."""
+    rate = batch / batch_s
+    if plan.scenario in ("SingleStream", "MultiStream"):
+        work = (plan.queries if plan.accuracy else plan.min_queries) * math.ceil(plan.per_query / batch) * batch_s
+        seconds = work if plan.accuracy else max(plan.min_duration_s, work)
+    elif plan.scenario == "Server":
+        seconds = max(plan.queries / max(plan.qps, 1e-9), plan.samples / rate)
+    else:
+        seconds = plan.samples / rate
+    if not plan.accuracy and plan.max_duration_s > 0:
+        seconds = min(seconds, plan.max_duration_s)
+    return seconds
+
+
+def far_beyond(plan: TestPlan, seconds: float) -> bool:
+    """A performance test of ``seconds`` far outlasts its minimum duration (accuracy runs take what they take)."""
+    dur = plan.min_duration_s
+    return not plan.accuracy and seconds > max(FAR_FACTOR * dur, dur + FAR_S)
+
+
+def plan_text(plan: TestPlan) -> str:
+    """``"2001 queries of 1 sample"``."""
+    return f"{plan.queries} quer{'y' if plan.queries == 1 else 'ies'} of {plan.per_query} " \
+        f"sample{'' if plan.per_query == 1 else 's'}"
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def duration_warning(plan: TestPlan, seconds: float, batch: int, batch_s: float) -> str:
+    """The one warning line of a test that far outlasts ``--time``: what LoadGen plans, how long it takes, the flag
+    to lower and to about what."""
+    rate, dur = batch / batch_s, plan.min_duration_s
+    if plan.scenario == "Offline":
+        what = f"one query of {plan.per_query} samples"
+        fix = f"--count (min_query_count {plan.min_queries})" if plan.per_query == plan.min_queries else \
+            f"--qps {plan.qps:g} to about {rate:.3g} (Offline's expected QPS: what the SUT does)"
+    elif plan.scenario == "Server":
+        what = f"{plan.queries} queries at {plan.qps:g} a second"
+        fix = f"--qps {plan.qps:g} to about {rate:.3g} or less (a rate the SUT keeps up with)"
+    elif plan.scenario == "SingleStream":
+        what = f"{plan.min_queries} queries (min_query_count) one after the other"
+        fix = f"--count to about {max(1, int(dur / batch_s))}"
+    else:
+        what = f"{plan.min_queries} queries (min_query_count) of {plan.per_query} samples one after the other"
+        fix = f"--samples-per-query {plan.per_query} to about {max(1, int(dur * rate / plan.min_queries))} (or --count)"
+    return (f"{plan.scenario}: LoadGen plans {what}; at {rate:.3g} samples/s (a batch of {batch} timed here) the test "
+            f"takes about {duration_text(seconds)}, far beyond its minimum duration of {dur:g} s (--time); lower {fix}")
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """The host memory of a test but LoadGen's part, bytes: ``fixed`` (weights, runtimes, the harness), ``per_image``
+    for each image of a batch in flight, ``per_size`` for each batch size bound (mxnet), ``input_image`` for each
+    image of a batch waiting for the model (mxnet: the workers but one), ``sample`` for each loaded QSL sample."""
+    backend: str
+    scenario: str
+    samples_per_query: int
+    fixed: int
+    per_image: float
+    per_size: float
+    input_image: int
+    sample: int
+    model: str = "the model"
+
+    def batches(self, max_batch: int, threads: int) -> int:
+        """The part that depends on ``--max-batchsize`` and ``--threads``."""
+        if self.backend == "onnxruntime":  # the threads run their batches at once, each with its own activations
+            return math.ceil(threads * max_batch * self.per_image)
+        largest = scenario_batch(self.scenario, max_batch, self.samples_per_query)
+        return math.ceil(max_batch * self.per_image + len(bound_sizes(max_batch, largest)) * self.per_size
+                         + (threads - 1) * max_batch * self.input_image)
+
+
+def memory_need(spec: ModelSpec, cfg: LoadGenConfig, scenario: str, samples_per_query: int) -> MemoryNeed:
+    """``memory.estimate``'s scoring figures for the network (the planner binds it at two small batches; nothing is
+    computed), with this harness's parts. On a GPU the model's batch is checked against the GPU's free memory here
+    (``memory.check_batch``, naming ``--max-batchsize``); the host then holds the runtime and its batches' input."""
+    import memory
+
+    sym = inference_symbol(spec)
+    image = int(np.prod(spec.image_shape)) * 4  # float32, as the QSL holds it and the SUT feeds it
+    common = {"backend": spec.backend, "scenario": scenario, "samples_per_query": samples_per_query,
+              "input_image": image, "sample": image, "model": memory.model_name(sym)}
+    if spec.device == "gpu":
+        memory.check_batch(sym, spec.image_shape, cfg.max_batchsize, dtype=spec.dtype, training=False,
+                           device_type="gpu", input_layout=spec.input_layout, flag="--max-batchsize")
+        return MemoryNeed(fixed=memory.RUNTIME_BYTES + HARNESS_BYTES, per_image=2 * image, per_size=0, **common)
+    counts = memory.graph_counts(sym, spec.image_shape, dtype=spec.dtype, training=False,
+                                 input_layout=spec.input_layout)
+    est = memory.combine(counts, training=False)
+    if spec.backend == "onnxruntime":
+        return MemoryNeed(fixed=est.fixed_bytes + HARNESS_BYTES + ORT_SESSION_BYTES,
+                          per_image=ORT_ACTIVATIONS * est.per_image_bytes, per_size=0, **common)
+    return MemoryNeed(fixed=est.fixed_bytes + HARNESS_BYTES, per_image=est.per_image_bytes + MXNET_INPUTS * image,
+                      per_size=EXECUTOR_WEIGHTS * 4 * counts.param_count, **common)
+
+
+def check_fits(need: MemoryNeed, plan: TestPlan, cfg: LoadGenConfig, loaded: int, budget: int, avail: int,
+               source: str) -> int:
+    """The test's host memory, bytes, when it fits in ``budget``; else a one-line ``UsageError`` naming the flag of
+    the largest part that can shrink (the batches, the loaded samples, LoadGen's queries) and the largest value of
+    it that fits beside the others (``avail`` and ``source``: what the budget was reckoned from)."""
+    import memory
+
+    fmt = memory.format_bytes
+    b, th = cfg.max_batchsize, cfg.threads
+    batches, qsl, lg = need.batches(b, th), loaded * need.sample, plan.loadgen_bytes
+    total = need.fixed + batches + qsl + lg
+    if total <= budget:
+        return total
+    threads = f", {th} threads" if th > 1 else ""
+    parts = (f"{fmt(need.fixed)} for {need.model}'s weights, the runtimes and this harness, {fmt(batches)} for "
+             f"batches of {b} ({need.backend}{threads}), {fmt(qsl)} for {loaded} loaded samples, {fmt(lg)} for "
+             f"LoadGen's {plan_text(plan)}")
+    shrink = {"batch": batches - need.batches(1, 1), "qsl": qsl, "loadgen": lg}
+    culprit = max(shrink, key=shrink.get)
+    room = budget - total + (batches if culprit == "batch" else qsl if culprit == "qsl" else lg)
+    if culprit == "batch":
+        flag = f"--max-batchsize {b}" + (f" with --threads {th}" if th > 1 else "")
+        if need.batches(1, th) <= room:
+            low, high = 1, b  # fits at low, not at high
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (mid, high) if need.batches(mid, th) <= room else (low, mid)
+            fits = f"the largest --max-batchsize that fits{f' with --threads {th}' if th > 1 else ''} is about {low}"
+        elif th > 1 and need.batches(1, 1) <= room:
+            fits = "not even --max-batchsize 1 fits with so many threads; lower --threads"
+        else:
+            fits = "not even --max-batchsize 1 fits"
+    elif culprit == "qsl":
+        flag = f"--performance-sample-count {loaded}"
+        n = room // max(need.sample, 1)
+        fits = f"the largest --performance-sample-count that fits is about {n}" if n else "not even one sample fits"
+    else:
+        flag, fits = _loadgen_fit(plan, room)
+    raise UsageError(f"{flag}: the {plan.scenario} test needs about {fmt(total)} ({parts}); {fmt(avail)} are "
+                     f"available ({source}), {memory.MARGIN:.0%} of which is kept free; {fits}")
+
+
+def _loadgen_fit(plan: TestPlan, room: int) -> tuple[str, str]:
+    """(the flag and value that make LoadGen's part ``plan.loadgen_bytes``, what fits in ``room`` bytes)."""
+    dur = plan.min_duration_s
+    if plan.scenario == "Offline":
+        per_query = SAMPLE_BYTES + QUEUED_BYTES  # a sample, in effect: the query is one
+    elif plan.scenario == "Server":
+        per_query = QUERY_BYTES + QUEUED_BYTES
+    else:
+        per_query = QUERY_BYTES + (plan.per_query - 1) * SAMPLE_BYTES
+    n = max(int((room - QUERY_BYTES) // per_query) + 1, 0)  # queries (Offline: samples) that fit
+    have = plan.per_query if plan.scenario == "Offline" else plan.queries
+    if plan.accuracy or have <= plan.min_queries:  # min_query_count sets it
+        return f"--count {plan.min_queries}", f"the largest min_query_count (--count) that fits is about {n}"
+    if plan.scenario == "Offline":
+        qps = n / (OFFLINE_SLACK * dur)
+        return f"--qps {plan.qps:g}", (f"the largest --qps that fits is about {qps:.3g} (Offline's expected QPS: "
+                                       "what the SUT does)")
+    if plan.scenario == "Server":
+        return f"--qps {plan.qps:g}", f"the largest --qps that fits is about {max(n - 1, 0) / dur:.3g}"
+    return f"--expected-latency {plan.latency_s:g}", \
+        f"the smallest --expected-latency that fits is about {GENERATE_FACTOR * dur / max(n - 1, 1):.3g} s"
+
+
+def time_batch(backend, sample_shape: tuple, n: int, repeat: int = 2) -> float:
+    """Seconds a batch of ``n`` samples takes through ``backend.predict`` after its warm-up: the fastest of
+    ``repeat`` batches of zeros (what slows one down, other processes on the cores, does not speed the test up)."""
+    x = np.zeros((n, *sample_shape), np.float32)
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        backend.predict(x)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # One scenario in this process
 
 
 def run_scenario(cfg: LoadGenConfig, spec: ModelSpec, dcfg, scenario: str, out: Path, stop: StopFlag) -> int:
-    """Run one LoadGen test; write ``out/summary.json``; the exit status."""
+    """Run one LoadGen test; write ``out/summary.json``; the exit status. A test that cannot fit in memory is refused
+    before anything is written or loaded; one that would far outlast ``--time`` is warned of before it starts."""
     import mlperf_loadgen as lg
 
-    check_writable(out / SUMMARY, "--output")
     settings = make_settings(lg, cfg, scenario)
+    perf_count, plan, need_bytes = plan_within_memory(cfg, spec, dcfg, scenario, settings)
+    check_writable(out / SUMMARY, "--output")
     warn_audit_config()
     import data
 
     data.check_record_files(dcfg, want_train=False, progress=stop.check)  # every index entry and label
     qsl = SampleLibrary(dcfg, cfg.count)
-    perf_count = cfg.performance_sample_count or min(len(qsl), PERFORMANCE_SAMPLES)
-    if perf_count > len(qsl):
-        raise UsageError(f"--performance-sample-count {perf_count}: at most the QSL's {len(qsl)} samples")
-    if settings.performance_sample_count_override > len(qsl):
-        log.info("performance_sample_count %d (--user-conf) is more than the QSL's %d samples: using %d",
-                 settings.performance_sample_count_override, len(qsl), len(qsl))
-        settings.performance_sample_count_override = len(qsl)
     backend = MXNetBackend(spec, dcfg, cfg.max_batchsize) if spec.backend == "mxnet" else \
         OnnxBackend(spec, cfg.threads)
-    largest = {"SingleStream": 1, "MultiStream": min(cfg.max_batchsize, settings.multi_stream_samples_per_query)}
-    backend.warm_up(largest.get(scenario, cfg.max_batchsize))
+    largest = scenario_batch(scenario, cfg.max_batchsize, settings.multi_stream_samples_per_query)
+    backend.warm_up(largest)
+    batch_s = time_batch(backend, sample_shape(dcfg), largest)
+    seconds = expected_seconds(plan, largest, batch_s)
     stop.check()
     for name in (*LOADGEN_LOGS, SUMMARY):
         (out / name).unlink(missing_ok=True)  # LoadGen replaces its logs; no stale file may pass for this run's
     log.info("%s %s: %d samples in the QSL (%d performance), %s %s on %s, batch <= %d, %d thread(s); %s",
              scenario, cfg.mode, len(qsl), perf_count, spec.backend, spec.dtype, spec.device, cfg.max_batchsize,
              cfg.threads, settings_line(settings))
+    log.info("LoadGen plans %s; about %.0f MiB of memory; at %.3g samples/s (a batch of %d timed here) the test "
+             "takes about %s", plan_text(plan), need_bytes / (1 << 20), largest / batch_s, largest,
+             duration_text(seconds))
+    if far_beyond(plan, seconds):
+        log.warning(duration_warning(plan, seconds, largest, batch_s))
     sut = SystemUnderTest(lg, backend, qsl, cfg.max_batchsize, cfg.threads)
     backend.hook.armed = True
     finished, elapsed = _start_test(lg, sut, qsl, settings, out, len(qsl), perf_count, stop)
     summary = summarize(out, scenario, cfg, spec, qsl, perf_count, sut, stop, finished)
+    summary["plan"] = {"queries": plan.queries, "samples_per_query": plan.per_query, "samples": plan.samples,
+                       "memory_bytes": need_bytes, "batch": largest, "batch_s": batch_s,
+                       "samples_per_second": largest / batch_s, "expected_s": seconds}
     summary["wall_s"] = elapsed
     write_json(out / SUMMARY, summary)
     return _report(summary, sut, stop, out, finished)
+
+
+def plan_within_memory(cfg: LoadGenConfig, spec: ModelSpec, dcfg, scenario: str,
+                       settings) -> tuple[int, TestPlan, int]:
+    """Before any work: the QSL's size and performance sample count (``settings``' override, from ``--user-conf``,
+    is capped at the QSL's size), the test's plan, and its memory checked against the machine (``check_fits``:
+    one-line ``UsageError``). Returns (performance sample count, plan, bytes needed)."""
+    import memory
+
+    records = len(read_val_index(dcfg))
+    total = min(cfg.count or records, records)  # the QSL's samples
+    perf_count = cfg.performance_sample_count or min(total, PERFORMANCE_SAMPLES)
+    if perf_count > total:
+        raise UsageError(f"--performance-sample-count {perf_count}: at most the QSL's {total} samples")
+    if settings.performance_sample_count_override > total:
+        log.info("performance_sample_count %d (--user-conf) is more than the QSL's %d samples: using %d",
+                 settings.performance_sample_count_override, total, total)
+        settings.performance_sample_count_override = total
+    loaded = settings.performance_sample_count_override or perf_count
+    plan = plan_test(settings, scenario, cfg.accuracy, total, loaded)
+    need = memory_need(spec, cfg, scenario, settings.multi_stream_samples_per_query)
+    budget, avail, source = memory.cpu_budget()
+    return perf_count, plan, check_fits(need, plan, cfg, loaded, budget, avail, source)
+
+
+def sample_shape(dcfg) -> tuple:
+    """The shape of one QSL sample: the network's input in its layout, batch dimension left out."""
+    from datatypes import batch_descs
+
+    return tuple(batch_descs(dataclasses.replace(dcfg, batch_size=1), dtype="float32")[0][0].shape[1:])
 
 
 def _start_test(lg, sut: SystemUnderTest, qsl: SampleLibrary, settings, out: Path, total: int, perf_count: int,
@@ -1124,7 +1485,7 @@ def _report(summary: dict, sut: SystemUnderTest, stop: StopFlag, out: Path, fini
 # Several scenarios: one child process each
 
 
-def run_children(argv: Sequence[str], cfg: LoadGenConfig, stop: "_ParentStop") -> int:
+def run_children(argv: Sequence[str], cfg: LoadGenConfig, stop: Children) -> int:
     """Each scenario of the comma list in a process of its own (``--output/<scenario>``), one after the other; the
     combined ``--output/summary.json``. A signal is passed on to the running child and ends the list."""
     cfg.output.mkdir(parents=True, exist_ok=True)
@@ -1139,11 +1500,7 @@ def run_children(argv: Sequence[str], cfg: LoadGenConfig, stop: "_ParentStop") -
         cmd = child_command(argv, scenario, out)
         log.info("%s: %s", scenario, " ".join(cmd))
         (out / SUMMARY).unlink(missing_ok=True)
-        child = stop.child = subprocess.Popen(cmd, process_group=0)
-        if stop.signum is not None and stop.forwarded_to != child.pid:  # it came while the child was starting
-            child.send_signal(stop.signum)
-        code = child.wait()
-        stop.child = None
+        code = stop.popen(cmd).wait()  # a session of its own: a signal reaches it once, through here
         try:
             result = json.loads((out / SUMMARY).read_text())
         except (OSError, ValueError):
@@ -1225,7 +1582,7 @@ def _without_dry_run(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    with _ParentStop(PROG) as stop:  # from the first moment: a signal during set-up ends the run cleanly too
+    with Children(PROG) as stop:  # from the first moment: a signal during set-up ends the run cleanly too
         try:
             return _main(argv, stop)
         except Stopped:
@@ -1233,7 +1590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + stop.signum
 
 
-def _main(argv: list[str], stop: "_ParentStop") -> int:
+def _main(argv: list[str], stop: Children) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     from common import config_from
@@ -1252,21 +1609,6 @@ def _main(argv: list[str], stop: "_ParentStop") -> int:
     if len(scenarios) > 1:
         return run_children(argv, cfg, stop)
     return run_scenario(cfg, spec, dcfg, scenarios[0], cfg.output, stop)
-
-
-class _ParentStop(StopFlag):
-    """``common.StopFlag`` that also passes each signal on to the child process running a scenario of a comma list
-    (started in a process group of its own, so that a Ctrl-C reaches it once, through here)."""
-
-    child: subprocess.Popen | None = None
-    forwarded_to: int | None = None
-
-    def _handle(self, signum, frame):
-        child = self.child
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-            self.forwarded_to = child.pid
-        super()._handle(signum, frame)
 
 
 if __name__ == "__main__":

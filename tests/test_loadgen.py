@@ -4,6 +4,7 @@ and between the backends, a failure in the model path, a signal, bad input, the 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 
@@ -56,6 +57,27 @@ def official_top1(accuracy_log, val_lst) -> tuple[int, int]:
         seen.add(entry["qsl_idx"])
         good += int(np.frombuffer(bytes.fromhex(entry["data"]), np.float32)[0]) == labels[entry["qsl_idx"]]
     return good, len(seen)
+
+
+@pytest.fixture(scope="session")
+def onnx_model(trained, tmp_path_factory):
+    """The checkpoint exported by tools/export_onnx.py."""
+    from tools import export_onnx
+
+    return export_onnx.export(trained[0], 2, tmp_path_factory.mktemp("loadgen_onnx") / "model.onnx",
+                              image_shape=(3, 32, 32))
+
+
+def generated(detail_log) -> dict:
+    """LoadGen's own count of what it generated, from its detail log: generated_query_count and
+    generated_samples_per_query."""
+    out = {}
+    for line in detail_log.read_text().splitlines():
+        if line.startswith(":::MLLOG"):
+            rec = json.loads(line[len(":::MLLOG"):])
+            if rec["key"].startswith("generated_"):
+                out[rec["key"]] = rec["value"]
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +200,7 @@ def test_every_scenario_runs_through_loadgen(trained, demo_root, tmp_path):
     the scenario, mode, VALID/INVALID and why, and the scenario's metric."""
     res = loadgen(["--scenario", ",".join(SCENARIOS), "--output", tmp_path, *SHORT, *model_args(trained, demo_root)])
     assert res.returncode == 0, res.stderr
-    assert error_lines(res.stderr, "loadgen.py") == []
+    assert error_lines(res.stderr, "loadgen.py") == [] and "far beyond" not in res.stderr
     combined = summary(tmp_path)
     assert combined["schema"] == "rn50-loadgen/1" and combined["status"] == "completed"
     assert list(combined["scenarios"]) == list(SCENARIOS)
@@ -199,6 +221,12 @@ def test_every_scenario_runs_through_loadgen(trained, demo_root, tmp_path):
         assert s["settings"]["min_duration_ms"] == 500
         assert s["settings"]["min_query_count"] == (1 if name == "Offline" else 32)  # Offline: one query
         assert s["accuracy"] is None and s["metric"]["value"] > 0
+        # the plan the memory and duration checks use is what LoadGen generated (Server's arrivals: Poisson)
+        made, plan = generated(folder / "mlperf_log_detail.txt"), s["plan"]
+        assert plan["samples_per_query"] == made["generated_samples_per_query"]
+        assert plan["queries"] == pytest.approx(made["generated_query_count"], rel=0.3 if name == "Server" else 0)
+        assert 0 < plan["expected_s"] and plan["batch"] == {"SingleStream": 1, "MultiStream": 8}.get(name, 8)
+        assert 0 < plan["memory_bytes"] < 4 << 30
     ss, ms, server, offline = (combined["scenarios"][n] for n in SCENARIOS)
     assert ss["metric"]["name"].startswith("90.0th percentile latency") and ss["metric"]["unit"] == "ns"
     assert ss["metric"]["value"] == ss["latency_ns"]["p90"] > 0 and ss["samples_per_second"] > 0
@@ -242,10 +270,8 @@ def test_batches_of_any_size_answer_each_sample_as_batch_1_does(trained, demo_ro
     assert len(answers[1]) == 45 and answers[32] == answers[1]
 
 
-def test_onnxruntime_backend_gives_the_same_top1(trained, demo_root, mxnet_accuracy, tmp_path):
-    from tools import export_onnx
-
-    onnx = export_onnx.export(trained[0], 2, tmp_path / "model.onnx", image_shape=(3, 32, 32))
+def test_onnxruntime_backend_gives_the_same_top1(trained, demo_root, mxnet_accuracy, onnx_model, tmp_path):
+    onnx = onnx_model
     out = tmp_path / "out"
     res = loadgen(["--scenario", "Offline", "--accuracy", "--backend", "onnxruntime", "--onnx", onnx, "--output",
                    out, *model_args(trained, demo_root)])
@@ -338,6 +364,154 @@ def test_user_conf_overrides_the_flags(tmp_path):
     settings = res.stdout.splitlines()[0]
     assert "offline_expected_qps=1234 " in settings and "min_duration_ms=600000 " in settings
     assert "min_query_count=24576 " in settings and "performance_sample_count_override=1024" in settings
+
+
+# ------------------------------------------------------------------------------------------------ fitting the machine
+
+
+def planned(scenario, *flags, total=32, loaded=32):
+    """(config, model spec, TestPlan) of the flags, through LoadGen's own TestSettings."""
+    import mlperf_loadgen as lg
+
+    import loadgen
+    from common import config_from
+
+    args = loadgen.build_parser().parse_args([*TINY, "--data-root", "unused", *flags])
+    cfg = config_from(loadgen.LoadGenConfig, args)
+    settings = loadgen.make_settings(lg, cfg, scenario)
+    return cfg, loadgen.model_spec(args, 0), loadgen.plan_test(settings, scenario, cfg.accuracy, total, loaded)
+
+
+def test_the_plan_follows_loadgen_settings():
+    """What LoadGen generates up front: Offline one query of max(min_query_count, 1.1 x time x qps), all queued at
+    once; Server time x qps arrivals; SingleStream and MultiStream twice the time's worth of expected latencies."""
+    plan = planned("Offline", "--qps", "1000", "--time", "2")[2]
+    assert (plan.queries, plan.per_query, plan.queued) == (1, 2200, 2200)
+    assert plan.loadgen_bytes >= 316 * 2200  # measured with a SUT that answers at once
+    assert planned("Offline", "--qps", "1000", "--time", "2", "--count", "5000")[2].per_query == 5000
+    plan = planned("Server", "--qps", "50", "--time", "2", "--count", "32")[2]
+    assert (plan.queries, plan.per_query, plan.queued) == (101, 1, 101)
+    assert planned("SingleStream", "--expected-latency", "0.01", "--time", "1")[2].queries == 201
+    plan = planned("MultiStream", "--samples-per-query", "4", "--expected-latency", "0.1", "--time", "1")[2]
+    assert (plan.queries, plan.per_query, plan.queued) == (100, 4, 0)  # LoadGen's min_query_count 100
+    plan = planned("Offline", "--accuracy", "--qps", "1e9", total=360, loaded=100)[2]
+    assert (plan.queries, plan.per_query) == (4, 100)  # every sample once, a loaded set a query
+
+
+@pytest.mark.parametrize("scenario,flags,head,fits", [
+    ("Offline", ["--max-batchsize", "100000"], "--max-batchsize 100000: the Offline test needs about ",
+     "the largest --max-batchsize that fits is about "),
+    ("Offline", ["--backend", "onnxruntime", "--onnx", "x.onnx", "--max-batchsize", "4096", "--threads", "8"],
+     "--max-batchsize 4096 with --threads 8: ", "the largest --max-batchsize that fits with --threads 8 is about "),
+    ("Offline", ["--qps", "1e8", "--time", "10"], "--qps 1e+08: ", "the largest --qps that fits is about "),
+    ("Server", ["--qps", "1e8", "--time", "10"], "--qps 1e+08: ", "the largest --qps that fits is about "),
+    ("SingleStream", ["--expected-latency", "1e-9", "--time", "60"], "--expected-latency 1e-09: ",
+     "the smallest --expected-latency that fits is about "),
+    ("MultiStream", ["--expected-latency", "1e-9", "--time", "60"], "--expected-latency 1e-09: ",
+     "the smallest --expected-latency that fits is about "),
+])
+def test_a_test_over_the_memory_budget_names_the_flag_and_what_fits(scenario, flags, head, fits):
+    """Against a 2 GiB budget: the one line names the flag of the part to shrink and a value that fits, and that
+    value does fit (the next one up, or down, does not)."""
+    import loadgen
+    from common import UsageError
+
+    budget = 2 << 30
+    cfg, spec, plan = planned(scenario, *flags)
+    need = loadgen.memory_need(spec, cfg, scenario, plan.per_query)
+    with pytest.raises(UsageError) as err:
+        loadgen.check_fits(need, plan, cfg, 32, budget, budget, "a test budget")
+    line = str(err.value)
+    assert line.startswith(head) and "\n" not in line and "2 GiB are available (a test budget)" in line, line
+    assert fits in line, line
+    value = float(re.search(re.escape(fits) + r"([0-9.e+-]+)", line)[1])
+    flag = "--" + fits.split("--")[1].split()[0]
+    if flag == "--max-batchsize":
+        fitting, too_much = str(int(value)), str(int(value) + 1)
+    elif flag == "--expected-latency":  # the smallest that fits, to 3 significant digits
+        fitting, too_much = f"{value * 1.01:.6g}", f"{value * 0.95:.6g}"
+    else:
+        fitting, too_much = f"{value * 0.99:.6g}", f"{value * 1.05:.6g}"
+    cfg, spec, plan = planned(scenario, *flags, flag, fitting)
+    assert loadgen.check_fits(need, plan, cfg, 32, budget, budget, "a test budget") <= budget
+    cfg, spec, plan = planned(scenario, *flags, flag, too_much)
+    with pytest.raises(UsageError, match=f"^{flag} "):
+        loadgen.check_fits(need, plan, cfg, 32, budget, budget, "a test budget")
+
+
+def test_a_test_within_the_budget_passes_with_its_estimate():
+    import loadgen
+
+    cfg, spec, plan = planned("Offline", "--qps", "1000", "--time", "1")
+    need = loadgen.memory_need(spec, cfg, "Offline", 8)
+    total = loadgen.check_fits(need, plan, cfg, 32, 2 << 30, 2 << 30, "a test budget")
+    assert total == need.fixed + need.batches(32, 1) + 32 * 3 * 32 * 32 * 4 + plan.loadgen_bytes
+    assert need.batches(32, 4) > need.batches(32, 1) and need.batches(64, 1) > need.batches(32, 1)
+
+
+@pytest.mark.parametrize("scenario,flags,batch,batch_s,far,words", [
+    ("Offline", ["--qps", "10000", "--time", "10"], 8, 0.1, True,
+     ["one query of 110000 samples", "at 80 samples/s", "about 23 min", "minimum duration of 10 s (--time)",
+      "lower --qps 10000 to about 80"]),
+    ("Server", ["--qps", "10000", "--time", "1", "--count", "32"], 8, 0.1, True,
+     ["10001 queries at 10000 a second", "about 2 min", "lower --qps 10000 to about 80 or less"]),
+    ("MultiStream", ["--samples-per-query", "4096", "--count", "32", "--time", "1"], 32, 0.05, True,
+     ["32 queries (min_query_count) of 4096 samples one after the other", "about 3 min",
+      "lower --samples-per-query 4096 to about 20 (or --count)"]),
+    ("SingleStream", ["--count", "300", "--time", "1"], 1, 0.2, True, ["about 60 s", "lower --count to about 5"]),
+    ("SingleStream", ["--count", "32", "--time", "1"], 1, 0.01, False, []),
+    ("Offline", ["--qps", "100", "--time", "10"], 8, 0.1, False, []),  # 1100 samples at 80/s: 14 s
+    ("Offline", ["--accuracy", "--qps", "1"], 8, 1.0, False, []),  # an accuracy run takes what it takes
+])
+def test_the_expected_duration_and_its_warning(scenario, flags, batch, batch_s, far, words):
+    import loadgen
+
+    plan = planned(scenario, *flags, total=360, loaded=360)[2]
+    seconds = loadgen.expected_seconds(plan, batch, batch_s)
+    assert loadgen.far_beyond(plan, seconds) == far
+    line = loadgen.duration_warning(plan, seconds, batch, batch_s)
+    assert all(w in line for w in words), line
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("args,message", [
+    (["--max-batchsize", "10000000"], "--max-batchsize 10000000: the Offline test needs about "),
+    (["--backend", "onnxruntime", "--onnx", "{onnx}", "--max-batchsize", "1000000", "--threads", "4"],
+     "--max-batchsize 1000000 with --threads 4: the Offline test needs about "),
+    (["--qps", "1e10", "--time", "10"], "--qps 1e+10: the Offline test needs about "),
+    (["--scenario", "Server", "--qps", "1e10", "--time", "10"], "--qps 1e+10: the Server test needs about "),
+    (["--scenario", "SingleStream", "--expected-latency", "1e-9", "--time", "600"],
+     "--expected-latency 1e-09: the SingleStream test needs about "),
+])
+def test_a_test_that_cannot_fit_is_one_line_and_exit_2_before_any_work(trained, demo_root, onnx_model, tmp_path,
+                                                                      args, message):
+    """A batch (times the threads) or a plan of LoadGen's (Offline's one query, Server's arrivals, SingleStream's
+    queries) that cannot fit in memory: one line with what fits, exit 2, before anything is loaded or written."""
+    argv = [a.replace("{onnx}", str(onnx_model)) for a in args]
+    res = loadgen(["--scenario", "Offline", *model_args(trained, demo_root), "--output", tmp_path / "out", *argv],
+                  timeout=120)
+    assert res.returncode == 2, res.stderr
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith(f"loadgen.py: error: {message}") and re.search(r"that fits[\w -]* is about \d", line), line
+    assert "are available (" in line and "of which is kept free" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("args,fix", [
+    (["--scenario", "Offline", "--qps", "1e6"], "lower --qps 1e+06 to about "),
+    (["--scenario", "MultiStream", "--samples-per-query", "65536", "--expected-latency", "1"],
+     "lower --samples-per-query 65536 to about "),
+])
+def test_a_test_far_beyond_time_is_warned_of_before_it_starts(trained, demo_root, tmp_path, args, fix):
+    """Offline's --qps or MultiStream's --samples-per-query far beyond the machine: one warning line with the
+    expected duration and the flag to lower, before LoadGen starts (the test is then stopped)."""
+    code, err = run_until([PY, LOADGEN, *model_args(trained, demo_root), "--output", tmp_path, "--time", "1",
+                           "--count", "32", *args], "far beyond its minimum duration", timeout=120)
+    [line] = [ln for ln in err.splitlines() if "far beyond" in ln]
+    assert " WARNING " in line and "the test takes about " in line, line
+    assert f"minimum duration of 1 s (--time); {fix}" in line, line
+    assert code == 128 + signal.SIGTERM and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------------ examples
