@@ -404,7 +404,8 @@ def test_hostfile_over_ssh(tmp_path):
               timeout=300)
     assert res.returncode == 0, res.stderr
     calls = (tmp_path / "ssh.log").read_text().splitlines()
-    assert len(calls) == 4 and all(c.startswith("-o BatchMode=yes -tt 127.0.0.1 cd ") for c in calls)
+    assert len(calls) == 4 and all(c.startswith("-o BatchMode=yes -tt 127.0.0.1 echo 'rn50-dist: answered' && cd ")
+                                   for c in calls), calls
     assert sum("DMLC_ROLE=worker" in c for c in calls) == 2 and all("DMLC_PS_ROOT_URI=127.0.0.1" in c for c in calls)
     assert all("OMP_NUM_THREADS=1" in c for c in calls)
     assert json.loads((tmp_path / "r.json").read_text())["dist"]["weights_identical"] is True
