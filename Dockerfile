@@ -28,7 +28,8 @@ RUN pip install --no-cache-dir -r requirements.txt -c constraints.txt nvidia-dal
  && if [ "$MXNET" != "mxnet==1.9.1" ]; then pip uninstall -y mxnet && pip install --no-cache-dir "$MXNET"; fi
 
 COPY runner train.py fit.py data.py dali.py datatypes.py resnet.py report.py checkpoint.py memory.py ./
-COPY recfile.py common.py gpu.py mlperf.py optim.py dist.py launcher.py benchmark.py loadgen.py Makefile pytest.ini ./
+COPY recfile.py common.py gpu.py mlperf.py optim.py amp.py dist.py launcher.py benchmark.py loadgen.py Makefile pytest.ini ./
+COPY loadgen_plan.py loadgen_logs.py runtimes.py runtime_mxnet.py runtime_onnxruntime.py ./
 COPY tools/ tools/
 COPY examples/ examples/
 COPY tests/ tests/

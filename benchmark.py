@@ -37,7 +37,6 @@ running, exit 130/143, and writes no summary.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -45,10 +44,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV_PY = ROOT / ".venv" / "bin" / "python"
-if VENV_PY.exists() and Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and "RUNNER_NO_VENV" not in os.environ:
-    os.execv(str(VENV_PY), [str(VENV_PY), __file__, *sys.argv[1:]])  # use the project's environment (make install)
 sys.path.insert(0, str(ROOT))
+from common import use_project_python  # noqa: E402
+
+use_project_python(__file__)
 
 from common import (Children, Parser, UsageError, atomic_path, available_cores, check_writable,  # noqa: E402
                     end_groups, int_list, run_main, write_json)
@@ -186,56 +185,15 @@ def ratio(a, b):
 
 
 def summarize(args, extra, cells: dict) -> dict:
-    """cells[(dtype, workers, n, bs)] = run_cell result -> the summary JSON."""
+    """cells[(dtype, workers, n, bs)] = run_cell result -> the summary JSON (its fields: the module docstring)."""
     mode = "inference" if args.only_inference else "train"
-    keys = INFER_KEYS if args.only_inference else TRAIN_KEYS
-    dtypes = args.dtype or [None]
-    names = [d or "default" for d in dtypes]
-    by_dtype, errors, runs = {}, {}, {}
-    done = [c for c in cells.values() if "values" in c]
-    w0 = args.workers[0]
-    by_workers, weak_workers = {}, {}
-    for d, name in zip(dtypes, names):
-        bw = by_workers[name] = {}
-        for w in args.workers:
-            bw[str(w)] = {str(n): {str(bs): {k: (cells[(d, w, n, bs)].get("values") or {}).get(k) for k in keys}
-                                   for bs in args.batch_sizes} for n in args.ngpus}
-        base = bw.get("1", {}).get("1")
-        weak_workers[name] = {str(w): {str(n): {str(bs): ratio(bw[str(w)][str(n)][str(bs)][IPS_KEY[mode]],
-                                                               base[str(bs)][IPS_KEY[mode]]) if base else None
-                                                for bs in args.batch_sizes} for n in args.ngpus}
-                              for w in args.workers}
-        m, e, r = {}, {}, {}
-        for w in args.workers:
-            for n in args.ngpus:
-                for bs in args.batch_sizes:
-                    c = cells[(d, w, n, bs)]
-                    if "error" in c:
-                        key = str(n) if w == w0 else f"{w}x{n}"
-                        e.setdefault(key, {})[str(bs)] = c["error"]
-        for n in args.ngpus:
-            for bs in args.batch_sizes:
-                c = cells[(d, w0, n, bs)]
-                vals = c.get("values") or {}
-                m.setdefault(str(n), {})[str(bs)] = {k: vals.get(k) for k in keys}
-                r.setdefault(str(n), {})[str(bs)] = {k: c[k] for k in ("report", "log", "exit_status", "wall_s")}
-        by_dtype[name], errors[name], runs[name] = m, e, r
-    ips = IPS_KEY[mode]
-    weak = {}
-    for name in names:
-        m = by_dtype[name]
-        weak[name] = {str(n): {str(bs): (ratio(m[str(n)][str(bs)][ips], m["1"][str(bs)][ips]) if "1" in m else None)
-                               for bs in args.batch_sizes} for n in args.ngpus}
-    speedup = {}
-    if "float32" in names:
-        base = by_dtype["float32"]
-        for name in names:
-            if name == "float32":
-                continue
-            speedup[name] = {str(n): {str(bs): ratio(by_dtype[name][str(n)][str(bs)][ips],
-                                                     base[str(n)][str(bs)][ips])
-                                      for bs in args.batch_sizes} for n in args.ngpus}
-    first = done[0] if done else {}
+    keys, ips = (INFER_KEYS if args.only_inference else TRAIN_KEYS), IPS_KEY[mode]
+    dtypes = [(d, d or "default") for d in args.dtype or [None]]
+    names = [name for _, name in dtypes]
+    by_dtype = {name: _metrics(args, cells, keys, d, args.workers[0]) for d, name in dtypes}
+    by_workers = {name: {str(w): _metrics(args, cells, keys, d, w) for w in args.workers} for d, name in dtypes}
+    weak = {name: _scaling(args, m, m.get("1"), ips) for name, m in by_dtype.items()}
+    first = next((c for c in cells.values() if "values" in c), {})
     return {
         "model": first.get("model") or "",
         "ngpus": args.ngpus,
@@ -248,18 +206,63 @@ def summarize(args, extra, cells: dict) -> dict:
         "metrics_by_dtype": by_dtype,
         "weak_scaling": weak[names[0]],
         "weak_scaling_by_dtype": weak,
-        "speedup": speedup,
+        "speedup": _speedup(args, by_dtype, ips),
         "workers": args.workers,
         "metrics_by_workers": by_workers,
         "devices_total": {str(w): {str(n): w * n for n in args.ngpus} for w in args.workers},
-        "weak_scaling_by_workers": weak_workers,
-        "errors": errors,
-        "runs": runs,
+        "weak_scaling_by_workers": {name: {str(w): _scaling(args, bw[str(w)], bw.get("1", {}).get("1"), ips)
+                                           for w in args.workers} for name, bw in by_workers.items()},
+        "errors": {name: _errors(args, cells, d) for d, name in dtypes},
+        "runs": {name: _runs(args, cells, d) for d, name in dtypes},
         "settings": {"benchmark_iters": args.benchmark_iters, "epochs": args.epochs, "warmup": args.warmup,
                      "num_examples": args.num_examples, "timeout": args.timeout, "runner_flags": extra},
         "env": {"device": first.get("device"), "versions": first.get("versions"), "cores": available_cores(),
                 "machine": platform.machine(), "cmd": [sys.argv[0], *sys.argv[1:]]},
     }
+
+
+def _grid(args, cell) -> dict:
+    """``{n: {bs: cell(n, bs)}}`` over the swept device counts and batch sizes (as strings: the JSON's keys)."""
+    return {str(n): {str(bs): cell(n, bs) for bs in args.batch_sizes} for n in args.ngpus}
+
+
+def _metrics(args, cells: dict, keys: list, dtype, w: int) -> dict:
+    """``[n][bs][key]`` of ``dtype`` at ``w`` workers; None where the cell failed."""
+    return _grid(args, lambda n, bs: {k: (cells[(dtype, w, n, bs)].get("values") or {}).get(k) for k in keys})
+
+
+def _scaling(args, metrics: dict, base: dict | None, ips: str) -> dict:
+    """``[n][bs]``: img/s in ``metrics`` over img/s of ``base[bs]`` (the same batch per device on the base
+    configuration); all None without a base."""
+    return _grid(args, lambda n, bs: ratio(metrics[str(n)][str(bs)][ips], base[str(bs)][ips]) if base else None)
+
+
+def _speedup(args, by_dtype: dict, ips: str) -> dict:
+    """``[dtype][n][bs]``: img/s of each dtype over img/s of float32, where float32 was swept."""
+    if "float32" not in by_dtype:
+        return {}
+    base = by_dtype["float32"]
+    return {name: _grid(args, lambda n, bs, m=m: ratio(m[str(n)][str(bs)][ips], base[str(n)][str(bs)][ips]))
+            for name, m in by_dtype.items() if name != "float32"}
+
+
+def _errors(args, cells: dict, dtype) -> dict:
+    """``[n][bs]``: why a cell of ``dtype`` has no numbers; ``n`` reads ``WxN`` for the worker counts after the
+    first."""
+    out = {}
+    for w in args.workers:
+        for n in args.ngpus:
+            for bs in args.batch_sizes:
+                c = cells[(dtype, w, n, bs)]
+                if "error" in c:
+                    out.setdefault(str(n) if w == args.workers[0] else f"{w}x{n}", {})[str(bs)] = c["error"]
+    return out
+
+
+def _runs(args, cells: dict, dtype) -> dict:
+    """``[n][bs]``: where each run of ``dtype`` at the first worker count left its report and log, and how it ended."""
+    return _grid(args, lambda n, bs: {k: cells[(dtype, args.workers[0], n, bs)][k]
+                                      for k in ("report", "log", "exit_status", "wall_s")})
 
 
 def _fmt(v, digits=5) -> str:

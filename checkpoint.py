@@ -34,7 +34,7 @@ from typing import Callable
 import mxnet as mx
 import numpy as np
 
-from common import OutputError, UsageError, atomic_path, write_json
+from common import OutputError, UsageError, atomic_path, last_line, write_json
 
 log = logging.getLogger(__name__)
 
@@ -274,11 +274,28 @@ def load_params(ckpt: Checkpoint) -> tuple[dict, dict]:
     try:
         saved = mx.nd.load(str(path))
     except (mx.base.MXNetError, OSError, ValueError) as err:
-        raise UsageError(f"{path}: cannot be read as MXNet parameters ({_last_line(err)})") from None
+        raise UsageError(f"{path}: cannot be read as MXNet parameters ({last_line(err)[:200]})") from None
     if not isinstance(saved, dict):
         raise UsageError(f"{path}: holds a list of arrays, not named parameters")
     arg = {k[4:]: v for k, v in saved.items() if k.startswith("arg:")}
     aux = {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}
+    return arg, aux
+
+
+def load_for_inference(ckpt: Checkpoint, sym: mx.sym.Symbol, data_shape: tuple,
+                       convert: Callable | None = None) -> tuple[dict, dict]:
+    """A model from a checkpoint: the weights of ``ckpt`` (``for_scoring``'s) for the network ``sym``, as (arg
+    params, aux params), each array passed through ``convert(name, array)`` first when given (an export's dtype and
+    layout), then checked against the shapes ``sym`` infers for an input of ``data_shape`` (``check_shapes``: a
+    one-line ``UsageError`` naming the flag that differs). Training's resume and scoring (``fit.load_weights``),
+    LoadGen's mxnet runtime and the ONNX export load their weights through it."""
+    arg, aux = load_params(ckpt)
+    if convert is not None:
+        arg = {k: convert(k, v) for k, v in arg.items()}
+        aux = {k: convert(k, v) for k, v in aux.items()}
+    arg_shapes, _, aux_shapes = sym.infer_shape(data=data_shape)
+    want_arg = {n: s for n, s in zip(sym.list_arguments(), arg_shapes) if n not in ("data", "softmax_label")}
+    check_shapes(ckpt.files["params"], arg, aux, want_arg, dict(zip(sym.list_auxiliary_states(), aux_shapes)))
     return arg, aux
 
 
@@ -307,9 +324,6 @@ def check_shapes(path: Path, arg: dict, aux: dict, expected_arg: dict, expected_
                          f"{flag}")
 
 
-def _last_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else type(err).__name__
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -350,14 +364,6 @@ def states_loader(path: Path) -> Callable[[mx.mod.Module], None]:
         try:
             mod.load_optimizer_states(str(path))
         except Exception as err:  # MXNet raises MXNetError, pickle errors, KeyError, ... for a state that does not fit
-            raise UsageError(f"{path}: cannot be loaded as this run's optimizer state ({_last_line(err)}); was it "
+            raise UsageError(f"{path}: cannot be loaded as this run's optimizer state ({last_line(err)[:200]}); was it "
                              "written with another --dtype?") from None
     return load
-
-
-def total_bytes(prefix: Path) -> int:
-    """Bytes of every checkpoint file under ``prefix`` (for the logs and tests)."""
-    prefix = Path(prefix)
-    return sum(f.stat().st_size for f in prefix.parent.glob(f"{prefix.name}-*") if f.is_file()) \
-        if prefix.parent.is_dir() else 0
-

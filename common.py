@@ -1,7 +1,8 @@
 """Small pieces every module of the toolkit shares.
 
-* ``UsageError`` (exit status 2), ``DataError`` (4) and ``OutputError`` (5): faults a user can fix. Entry points turn
-  them into one line on stderr, never a traceback (``run_main``).
+* ``ToolkitError`` and its kinds ``UsageError`` (exit status 2), ``DataError`` (4) and ``OutputError`` (5): faults
+  a user can fix. Entry points turn them into one line on stderr with their status, never a traceback
+  (``run_main``).
 * ``atomic_path`` / ``write_json``: every output file is written under a temporary name in its own directory and
   renamed into place only when complete, so a crash or Ctrl-C never leaves a file that looks finished; a full disk
   becomes an ``OutputError`` naming the file.
@@ -18,6 +19,7 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import math
 import os
 import platform
@@ -84,26 +86,53 @@ def enable_amx() -> bool:
     return ok
 
 
+def check_dtype(dtype: str, device_type: str) -> None:
+    """The one rule of precision against device: float16 needs a GPU, bfloat16 a CPU with AVX512_BF16 or AMX-BF16;
+    a ``UsageError`` naming ``--dtype`` otherwise."""
+    if dtype == "float16" and device_type == "cpu":
+        raise UsageError(FP16_NEEDS_GPU)
+    if dtype == "bfloat16":
+        if device_type != "cpu":
+            raise UsageError(BF16_NEEDS_CPU)
+        check_bf16_cpu()
+
+
+def check_image_shape(shape, min_side: int = 1) -> tuple[int, int, int]:
+    """``--image-shape`` as (C, H, W): C 3 (or 4, NVIDIA's padded FP16 input) and sides of at least ``min_side``
+    (ResNet's five halvings need 32; a data pipeline alone takes any); a ``UsageError`` naming the flag."""
+    shape = tuple(shape)
+    if len(shape) != 3 or shape[0] not in (3, 4) or min(shape[1:]) < min_side:
+        sides = f" and H, W at least {min_side}, e.g. 3,224,224" if min_side > 1 else ""
+        raise UsageError(f"--image-shape {','.join(map(str, shape))}: expected C,H,W with C 3 or 4{sides}")
+    return shape
+
+
 def check_bf16_cpu() -> None:
     if not cpu_bf16_flags():
         raise UsageError("--dtype bfloat16 needs a CPU with AVX512_BF16 or AMX-BF16 (none in /proc/cpuinfo here; "
                          "oneDNN would emulate it, slower than float32); use --dtype float32")
 
 
-class UsageError(Exception):
+class ToolkitError(Exception):
+    """A fault the toolkit reports in one line (``run_main``) with its own exit status; never a traceback."""
+
+    exit_status = 1
+
+
+class UsageError(ToolkitError):
     """Bad input: the message names the flag or file, what was wrong, and the fix."""
 
     exit_status = EXIT_USAGE
 
 
-class DataError(UsageError):
+class DataError(ToolkitError):
     """A fault in the data found while the run was reading it (a record that does not decode): the message names
     the file, the record, and how to find and fix such records."""
 
     exit_status = EXIT_DATA
 
 
-class OutputError(UsageError):
+class OutputError(ToolkitError):
     """An output that could not be written (no space left, no permission): the message names the path."""
 
     exit_status = EXIT_OUTPUT
@@ -122,7 +151,7 @@ def output_error(path: os.PathLike | str, err: BaseException, what: str = "writi
     if no_space(err) and (isinstance(err, OSError) or _nearly_full(path)):
         return OutputError(f"{path}: no space left on device while {what}; free some space or choose another "
                            "folder (the last complete files are kept)")
-    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[-1]
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else last_line(err)
     return OutputError(f"{path}: cannot be written ({reason})")
 
 
@@ -176,6 +205,30 @@ def prefix_arg(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"'{text}' ends in '/', a folder; give the folder and a name, e.g. "
                                          f"{text}model")
     return path_arg(text)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """The toolkit's log lines on stderr: time, level, message (a distributed worker adds its rank)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+
+
+def last_line(err: BaseException | str) -> str:
+    """The last non-empty line of an error's text (MXNet's errors end with the message, after a stack)."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else (type(err).__name__ if isinstance(err, BaseException) else "")
+
+
+def use_project_python(script: str) -> None:
+    """Re-run ``script`` with the project's ``.venv`` Python (``make install``) when another one runs it, unless
+    ``RUNNER_NO_VENV`` is set; call before anything but the standard library is imported."""
+    root = Path(script).resolve().parent
+    venv = root / ".venv"
+    python = venv / "bin" / "python"
+    if python.exists() and Path(sys.prefix).resolve() != venv.resolve() and "RUNNER_NO_VENV" not in os.environ:
+        os.execv(str(python), [str(python), script, *sys.argv[1:]])
 
 
 def cpu_model() -> str:
@@ -396,12 +449,13 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; a ``UsageError`` (or ``DataError``, ``OutputError``) becomes one line on stderr and its
-    exit status, and SIGINT before ``main`` handles signals itself becomes one line and 130."""
+    """Call ``main(argv)``; a ``ToolkitError`` becomes one line on stderr and its exit status, ``Stopped`` (a
+    signal passed on to the children, which have ended) one line and 128 + the signal, and SIGINT before ``main``
+    handles signals itself one line and 130."""
     prog = Path(sys.argv[0]).name or "toolkit"
     try:
         return main(argv)
-    except UsageError as err:
+    except ToolkitError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_status
     except Stopped as stop:
@@ -480,3 +534,24 @@ def num_gpus() -> int:
         return int(mx.context.num_gpus())
     except Exception:  # a CUDA build on a machine without a driver raises here
         return 0
+
+
+def rotated(items: Sequence, r: int) -> list:
+    """``items`` in the order of round ``r`` of a benchmark: rotated by ``r``, so that no candidate always runs
+    first or last (the bench tools report medians over rounds)."""
+    k = r % len(items)
+    return list(items[k:]) + list(items[:k])
+
+
+def run_tool(main: Callable[[Sequence[str] | None], int], prog: str) -> int:
+    """``run_main(main)`` for a tool that starts processes (``run_child``): inside ``Children(prog)``, so that a
+    signal reaches the process it runs, and that process ends with the tool."""
+    with Children(prog):
+        return run_main(main)
+
+
+def add_rounds_arg(parser: argparse.ArgumentParser, help: str = "rounds; medians are reported") -> None:
+    """A bench tool's ``--rounds`` (each round runs every candidate once, in the ``rotated`` order); its old name
+    ``--repeats`` is still accepted, unlisted."""
+    parser.add_argument("--rounds", type=int, default=3, help=help)
+    parser.add_argument("--repeats", dest="rounds", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -217,7 +217,24 @@ def split_pad(pad: int, batch: int, parts: int) -> list[int]:
     return [min(k, max(0, (i + 1) * k - real)) for i in range(parts)]
 
 
-class _SyntheticIter(DataIterBase):
+class _CountedIter(DataIterBase):
+    """An iterator whose epochs are ``batches_per_epoch`` batches (set by ``_start``) of what ``_batch()`` gives."""
+
+    def _start(self, batches: int) -> None:
+        self.batches_per_epoch = batches
+        self._i = 0
+
+    def reset(self):
+        self._i = 0
+
+    def next(self):
+        if self._i >= self.batches_per_epoch:
+            raise StopIteration
+        self._i += 1
+        return self._batch()
+
+
+class _SyntheticIter(_CountedIter):
     """One random batch per device, made once, returned ``batches`` times per epoch.
 
     Image ``j`` of the global batch (all workers' devices in rank order) is drawn from its own generator, seeded
@@ -235,14 +252,9 @@ class _SyntheticIter(DataIterBase):
             label = np.array([g.integers(0, cfg.num_classes) for g in gens])
             self._batches.append(mx.io.DataBatch(data=[mx.nd.array(data, ctx=ctx, dtype=cfg.dtype)],
                                                  label=[mx.nd.array(label, ctx=ctx, dtype="float32")], pad=0))
-        self.batches_per_epoch = batches
-        self._i = 0
+        self._start(batches)
 
-    def reset(self):
-        self._i = 0
-
-    def next(self):
-        self._count_batch()
+    def _batch(self):
         return self._batches
 
 
@@ -325,7 +337,7 @@ class _RecordIterSplit(DataIterBase):
                 for i, ctx in enumerate(self.contexts)]
 
 
-class _LimitedIter(DataIterBase):
+class _LimitedIter(_CountedIter):
     """Cut epochs to ``batches`` batches of an inner iterator that keeps running across them.
 
     Used for ``--num-examples`` and ``--benchmark-iters``: the inner iterator is reset only when it runs out, so a
@@ -336,14 +348,9 @@ class _LimitedIter(DataIterBase):
         self._inner = inner
         self.contexts, self.batch_size = inner.contexts, inner.batch_size
         self.provide_data, self.provide_label = inner.provide_data, inner.provide_label
-        self.batches_per_epoch = batches
-        self._i = 0
+        self._start(batches)
 
-    def reset(self):
-        self._i = 0
-
-    def next(self):
-        self._count_batch()
+    def _batch(self):
         try:
             return self._inner.next()
         except StopIteration:

@@ -79,9 +79,3 @@ class DataIterBase(mx.io.DataIter):
 
     def __next__(self):
         return self.next()
-
-    def _count_batch(self) -> None:
-        """For iterators with a fixed epoch length: count one batch, StopIteration after ``batches_per_epoch``."""
-        if self._i >= self.batches_per_epoch:
-            raise StopIteration
-        self._i += 1

@@ -313,8 +313,9 @@ class LostGuard:
         try:
             return self.on_lost()
         except Exception as err:  # an OutputError (a full disk), or anything else: the exit status says failed
-            log.error("saving after the lost worker failed: %s", str(err).strip().splitlines()[-1] if str(err)
-                      else type(err).__name__)
+            from common import last_line
+
+            log.error("saving after the lost worker failed: %s", last_line(err))
             return getattr(err, "exit_status", 1)
 
     @contextlib.contextmanager
@@ -353,6 +354,121 @@ def per_worker(kv, values: list[float]) -> list[list[float]]:
     slots[kv.rank * n:(kv.rank + 1) * n] = values
     flat = allreduce_sum(kv, f"per_worker_{n}", slots)
     return [flat[r * n:(r + 1) * n] for r in range(kv.num_workers)]
+
+
+class Solo:
+    """The job of a run in one process, with the interface of ``Workers``: one worker, rank 0, nothing to exchange,
+    nothing to guard; the loop calls it as it calls a job of several processes."""
+
+    rank, num_workers, type = 0, 1, "local"
+    summed = 1  # workers whose gradients are summed (the optimizer divides by them)
+
+    def module_kvstore(self, kind: str, num_devices: int):
+        """What Module gets as its kvstore: the devices' reduction (``--kv-store``) with several devices."""
+        import mxnet as mx
+
+        return mx.kvstore.create(kind) if num_devices > 1 else None
+
+    def broadcast(self, mod) -> None:
+        pass
+
+    def updater(self, mod, report):
+        return mod.update
+
+    def sum(self, key: str, values: list[float]) -> list[float]:
+        return list(values)
+
+    def checkpoint_aux(self, mod):
+        """The batchnorm statistics a checkpoint holds: None, the module's own."""
+        return None
+
+    def epoch_times(self, meter, warm: int) -> list[dict] | None:
+        return None
+
+    def guard(self, on_lost) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def finish(self, mod, report) -> None:
+        pass
+
+
+class Workers(Solo):
+    """A job of several processes, as the training loop sees it: ``kv`` is the kvstore (``dist_sync``) or a
+    ``HorovodComm``; every worker starts from rank 0's weights, the gradients are summed over the workers (averaged
+    by Horovod), each validation pass is summed over them, rank 0 alone writes, and a lost worker is answered
+    (``LostGuard``)."""
+
+    def __init__(self, kv):
+        self.kv, self.rank, self.num_workers, self.type = kv, kv.rank, kv.num_workers, kv.type
+        self.summed = 1 if kv.type == "horovod" else kv.num_workers
+        self.timer: StepTimer | None = None
+
+    def module_kvstore(self, kind: str, num_devices: int):
+        return None if self.type == "horovod" else self.kv
+
+    def broadcast(self, mod) -> None:
+        broadcast_params(self.kv, mod)
+
+    def updater(self, mod, report):
+        self.timer = StepTimer(self.kv, mod)
+        report.set_dist_exchange(self.timer.bytes, EXCHANGE_EVERY)
+        return self.timer.update
+
+    def sum(self, key: str, values: list[float]) -> list[float]:
+        return allreduce_sum(self.kv, key, values)
+
+    def checkpoint_aux(self, mod):
+        return average_aux(self.kv, mod)
+
+    def epoch_times(self, meter, warm: int) -> list[dict] | None:
+        """Each worker's median step, data wait and gradient exchange of the epoch, its first ``warm`` iterations
+        left out (every worker calls it)."""
+        return worker_times(self.kv, meter, self.timer, warm)
+
+    @contextlib.contextmanager
+    def guard(self, on_lost):
+        """Rank 0 answers a lost worker with ``on_lost`` while the block runs (``LostGuard``)."""
+        if self.rank == 0:
+            GUARD.start(on_lost)
+        try:
+            yield
+        finally:
+            GUARD.stop()
+
+    def finish(self, mod, report) -> None:
+        """Data parallelism's promise, checked: every worker ends with the same weights."""
+        sums = weight_checksums(self.kv, mod)
+        report.set_dist_checksums(sums)
+        if len(set(sums)) == 1:
+            log.info("the %d workers hold the same weights (checksum %.17g)", len(sums), sums[0])
+        else:
+            log.warning("the workers' weights differ: checksums %s", ", ".join(f"{c:.17g}" for c in sums))
+
+
+def worker_times(kv, meter, timer: StepTimer, warm: int) -> list[dict]:
+    """Each worker's median step, data wait and gradient exchange times of the epoch, in milliseconds and rank
+    order (the first ``warm`` iterations left out, as from img/s); the exchange's share of the step. Resets the
+    timer for the next epoch (whose third step is timed first)."""
+    import numpy as np
+
+    kept = meter.times[warm:] or meter.times
+    mine = [float(np.median(kept)) if kept else float("nan"),
+            float(np.median(meter.data_times[warm:] or meter.data_times)) if kept else float("nan"),
+            float(np.median(timer.times)) if timer.times else float("nan"), float(len(timer.times))]
+    timer.times, timer.calls = [], 0
+    out = []
+    for rank, (step, data_wait, exchange, samples) in enumerate(per_worker(kv, mine)):
+        entry = {"rank": rank, "step_ms": step * 1e3, "data_ms": data_wait * 1e3}
+        if samples:
+            entry.update(exchange_ms=exchange * 1e3, exchange_share=exchange / step if step > 0 else None,
+                         exchange_samples=int(samples))
+        out.append(entry)
+    log.info("workers' median step: %s", "; ".join(
+        f"rank {w['rank']} {w['step_ms']:.1f} ms" + (f" (gradient exchange {w['exchange_ms']:.1f} ms, "
+                                                     f"{100 * w['exchange_share']:.1f}%)"
+                                                     if "exchange_ms" in w and w["exchange_share"] else "")
+        for w in out))
+    return out
 
 
 def hard_exit(code: int) -> None:

@@ -18,8 +18,7 @@ that it can:
 * stop on a record that cannot be decoded (``common.DataError``) or an output that cannot be written
   (``common.OutputError``) with a checkpoint where one can be written, the report's status ``failed`` and its
   reason, and one line;
-* scale the loss dynamically (``--amp``): MXNet's AMP loss scaler works with Gluon's ``Trainer`` only, so the
-  Module path has its own with the same policy (``DynamicLossScaler``).
+* scale the loss dynamically (``--amp``, ``amp.py``).
 
 Checkpoints and their manifest: ``checkpoint.py``.
 """
@@ -38,16 +37,14 @@ import mxnet as mx
 import numpy as np
 
 import checkpoint
-import dist
 import optim
-from common import (EXIT_ABORTED, EXIT_DIVERGED, DataError, StopFlag, UsageError, finite_float, float_list,
+from amp import AMP_INIT_SCALE, AMP_MAX_SCALE, AMP_SCALE, DynamicLossScaler, add_loss_scaler
+from common import (EXIT_DIVERGED, DataError, StopFlag, UsageError, finite_float, float_list,
                     path_arg, prefix_arg)
 
 log = logging.getLogger(__name__)
 
 LOSS_EPS = 1e-12  # as MXNet's CrossEntropy metric (NVIDIA's train.loss)
-AMP_INIT_SCALE = 2.0 ** 16  # MXNet AMP's LossScaler: initial scale, its ceiling, doubling period
-AMP_MAX_SCALE = 2.0 ** 24
 POLY_END_LR = 1e-4  # the poly schedule: MLPerf's closed-division end learning rate and power
 POLY_POWER = 2
 
@@ -315,87 +312,6 @@ class Meter:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Dynamic loss scaling (--amp)
-
-AMP_SCALE = "amp_loss_scale"  # the runtime scale, a fixed (never updated, never saved) argument of the training graph
-
-
-def add_loss_scaler(sym: mx.sym.Symbol) -> mx.sym.Symbol:
-    """``sym`` (a ``SoftmaxOutput``) with the loss gradient multiplied by the value of the argument ``AMP_SCALE``.
-
-    ``SoftmaxOutput`` ignores head gradients and fixes its ``grad_scale`` when the graph is bound, so the scale
-    enters the graph just below it, on the fp32 logits ``x``: ``BlockGrad(x) + (x*s - BlockGrad(x*s))`` is ``x``
-    exactly in the forward pass (the two products are one node, so their difference is 0) and has gradient ``s``
-    with respect to ``x`` in the backward pass. Changing the scale is then a write into a bound array."""
-    logits, label = sym.get_children()[0], sym.get_children()[1]
-    scale = mx.sym.Variable(AMP_SCALE, shape=(1,), dtype="float32", init=mx.init.One())
-    z = mx.sym.broadcast_mul(logits, scale, name="amp_scaled_logits")
-    y = mx.sym.elemwise_add(mx.sym.BlockGrad(logits, name="amp_logits"),
-                            mx.sym.elemwise_sub(z, mx.sym.BlockGrad(z, name="amp_scaled_const"), name="amp_zero"),
-                            name="amp_logits_scaled_grad")
-    return mx.sym.SoftmaxOutput(y, label, name=sym.name, **sym.list_attr())
-
-
-class DynamicLossScaler:
-    """MXNet AMP's loss-scaling policy (``mxnet.contrib.amp.LossScaler``) for a Module: after every backward pass
-    all gradients on all devices are checked (``multi_all_finite``); on inf/NaN the update is skipped and the scale
-    halved (not below 1), otherwise after ``window`` clean iterations in a row it is doubled (at most 2^24). The
-    optimizer's ``rescale_grad`` divides the scale out again."""
-
-    def __init__(self, mod: mx.mod.Module, scale: float, window: int, batch: int):
-        self.mod, self.window, self.batch = mod, window, batch
-        self.clean = 0
-        self.skipped = 0
-        self._flags = {}
-        self.scale = None
-        self.set(scale)
-
-    def set(self, scale: float) -> None:
-        self.scale = float(scale)
-        for ex in self.mod._exec_group.execs:
-            ex.arg_dict[AMP_SCALE][:] = self.scale
-        if self.mod.optimizer_initialized:
-            self.mod._optimizer.rescale_grad = 1.0 / (self.batch * self.scale)
-
-    def grads_finite(self) -> bool:
-        by_ctx = {}
-        for per_device in self.mod._exec_group.grad_arrays:
-            for g in per_device:
-                if g is not None:
-                    by_ctx.setdefault(g.context, []).append(g)
-        flags = []
-        for ctx, grads in by_ctx.items():
-            flag = self._flags.setdefault(ctx, mx.nd.ones((1,), ctx=ctx))
-            flag[:] = 1
-            for i in range(0, len(grads), 200):  # multi_all_finite takes at most a few hundred arrays
-                chunk = grads[i:i + 200]
-                mx.nd.multi_all_finite(*chunk, num_arrays=len(chunk), init_output=False, out=flag)
-            flags.append(flag)
-        return all(f.asscalar() == 1 for f in flags)
-
-    def step(self, update) -> bool:
-        """After the backward pass: call ``update`` unless a gradient is inf/NaN, then adjust the scale for the
-        next iteration (after the update, which divides out the scale these gradients were made with). Returns
-        whether the update was applied."""
-        if not self.grads_finite():
-            self.skipped += 1
-            self.clean = 0
-            new = max(1.0, self.scale / 2)
-            log.info("AMP: inf/NaN gradients, update skipped; loss scale %g -> %g", self.scale, new)
-            self.set(new)
-            return False
-        update()
-        self.clean += 1
-        if self.clean == self.window:
-            self.clean = 0
-            new = min(AMP_MAX_SCALE, self.scale * 2)
-            if new != self.scale:
-                log.info("AMP: %d clean iterations; loss scale %g -> %g", self.window, self.scale, new)
-                self.set(new)
-        return True
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # The loops
 
 
@@ -460,15 +376,11 @@ def _progress(epoch: int, total: int | None, global_batch: int, cfg: FitConfig, 
     return on_iter
 
 
-def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_devices: int, kv=None) -> None:
+def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_devices: int, job) -> None:
     """SGD with momentum, weight decay and fp32 master weights, or LARS (``optim.py``) on top of it. Created by
     name, as NVIDIA's fit.py does, so that MXNet knows the parameter names and, as its Optimizer does then, applies
     no weight decay to biases and batchnorm betas (LARS: nor to batchnorm gammas). Gradients are rescaled by
-    1/global batch by Module. ``kv``: a distributed job's kvstore (``dist.py``)."""
-    horovod = kv is not None and kv.type == "horovod"
-    workers = kv.num_workers if kv is not None and not horovod else 1  # Horovod averages, the servers sum
-    if kv is None and num_devices > 1:
-        kv = mx.kvstore.create(cfg.kv_store)
+    1/global batch by Module. ``job``: ``dist.Solo`` or ``dist.Workers`` (its kvstore, or Horovod's optimizer)."""
     params = {"learning_rate": cfg.lr, "momentum": cfg.mom, "wd": cfg.wd, "multi_precision": True,
               "lr_scheduler": schedule}
     name = "sgd"
@@ -476,17 +388,18 @@ def init_optimizer(mod: mx.mod.Module, cfg: FitConfig, schedule: Schedule, num_d
         name = optim.LARS_NAME
         params.update(eta=cfg.lars_eta, eps=0.0)
     if cfg.static_loss_scale != 1.0:  # the symbol's loss gradient is scaled: divide it out with the batch
-        params["rescale_grad"] = 1.0 / (mod.data_shapes[0].shape[0] * workers * cfg.static_loss_scale)
-    if horovod:  # no kvstore: the optimizer allreduces; created as Module would create it by name
+        params["rescale_grad"] = 1.0 / (mod.data_shapes[0].shape[0] * job.summed * cfg.static_loss_scale)
+    if job.type == "horovod":  # no kvstore: the optimizer allreduces; created as Module would create it by name
         names = mod._exec_group.param_names
         params.setdefault("rescale_grad", 1.0 / mod.data_shapes[0].shape[0])
         opt = mx.optimizer.create(name, sym=mod.symbol, param_idx2name={
             i * num_devices + k: n for i, n in enumerate(names) for k in range(num_devices)}, **params)
         with warnings.catch_warnings():  # Module's note that rescale_grad is not 1/batch: Horovod's averaging
             warnings.simplefilter("ignore")
-            mod.init_optimizer(kvstore=None, optimizer=kv.optimizer(opt))
+            mod.init_optimizer(kvstore=None, optimizer=job.kv.optimizer(opt))
         return
-    mod.init_optimizer(kvstore=kv, optimizer=name, optimizer_params=params)
+    mod.init_optimizer(kvstore=job.module_kvstore(cfg.kv_store, num_devices), optimizer=name,
+                       optimizer_params=params)
 
 
 def create_module(sym, contexts, shapes, for_training: bool) -> mx.mod.Module:
@@ -502,11 +415,7 @@ def load_weights(mod: mx.mod.Module, sym: mx.sym.Symbol, ckpt: checkpoint.Checkp
                  extra_args: dict | None = None) -> None:
     """Set ``mod``'s parameters from ``ckpt``, after checking they fit the model (a ``UsageError`` naming the flag
     otherwise)."""
-    arg, aux = checkpoint.load_params(ckpt)
-    arg_shapes, _, aux_shapes = sym.infer_shape(data=data_shape)
-    want_arg = {n: s for n, s in zip(sym.list_arguments(), arg_shapes) if n not in ("data", "softmax_label")}
-    checkpoint.check_shapes(ckpt.files["params"], arg, aux, want_arg,
-                            dict(zip(sym.list_auxiliary_states(), aux_shapes)))
+    arg, aux = checkpoint.load_for_inference(ckpt, sym, data_shape)
     mod.init_params(None, arg_params={**arg, **(extra_args or {})}, aux_params=aux, allow_missing=False)
 
 
@@ -520,7 +429,7 @@ class Trainer:
         self.report, self.global_batch = report, global_batch
         self.writer = writer  # writes the checkpoints (in a distributed job, rank 0 only)
         self.last_good: str | None = None  # the newest complete checkpoint of this run
-        self.timer = None  # a distributed job's dist.StepTimer
+        self.update = mod.update  # applies a step's gradients (a job of several processes: exchanges them first)
         self.epoch: int | None = None  # the epoch in progress, and whether its training part is done
         self.trained = False
 
@@ -627,210 +536,196 @@ def warm_up(mod: mx.mod.Module) -> None:
 
 
 def fit(cfg: FitConfig, sym: mx.sym.Symbol, contexts: Sequence, open_data, shapes, report, initializer,
-        stop: StopFlag, resume: checkpoint.Checkpoint | None = None, mlperf=None, kv=None) -> int:
+        stop: StopFlag, resume: checkpoint.Checkpoint | None, ml, job) -> int:
     """Train (or score, with ``only_inference``). ``open_data()`` builds the (train, val) iterators, whose batches
     ``shapes`` (``(provide_data, provide_label)``) describes. Returns the process exit status; a ``DataError`` or
     ``OutputError`` propagates after the checkpoint that could be written.
 
-    ``mlperf`` (an ``mlperf.MLPerfRun``, MLPerf mode) is told the run's events: the module is bound, initialized
-    and warmed up before its clock starts (``init_done``), the data pipelines are built after; it decides which
-    epochs are evaluated and whether an evaluation reached the target, which ends the run.
+    ``ml`` (``mlperf.MLPerfRun``, or ``mlperf.Off``) is told the run's events: in MLPerf mode the module is bound,
+    initialized and warmed up before its clock starts (``init_done``), the data pipelines are built after; it
+    decides which epochs are evaluated and whether an evaluation reached the target, which ends the run.
 
-    ``kv`` (a distributed job, ``dist.py``): every worker starts from rank 0's weights, the gradients are summed
-    over the workers, each validation pass is summed over them, and rank 0 alone writes checkpoints."""
-    num_workers = kv.num_workers if kv is not None else 1
-    global_batch = cfg.batch_size * num_workers
+    ``job`` (``dist.Workers``, or ``dist.Solo`` in one process): every worker starts from rank 0's weights, the
+    gradients are summed over the workers, each validation pass is summed over them, and rank 0 alone writes
+    checkpoints."""
+    global_batch = cfg.batch_size * job.num_workers
     if cfg.only_inference:
         return score(cfg, sym, contexts, open_data()[1], report, initializer, global_batch, stop, resume)
     train_it = val_it = None
-    if mlperf is None:  # the inputs are checked before the model is built
+    if not ml.on:  # the inputs are checked before the model is built
         train_it, val_it = open_data()
         shapes = (train_it.provide_data, train_it.provide_label)
+    iters = train_it.batches_per_epoch if train_it is not None else 1
+    run = _build(cfg, sym, contexts, shapes, report, initializer, resume, job, global_batch, iters)
+    if ml.on:
+        train_it, val_it = _start_clock(run, ml, open_data)
+    begin_epoch, skip = _resume(run, resume) if resume is not None else (0, 0)
+    try:
+        with job.guard(run.lost):
+            return _loop(run, train_it, val_it, stop, begin_epoch, skip, ml, job)
+    finally:
+        if ml.status is None:  # a signal, a bad record, an unwritable output
+            ml.abort(report)
+            report.save()
+
+
+def _build(cfg: FitConfig, sym, contexts, shapes, report, initializer, resume, job, global_batch: int,
+           iters_per_epoch: int) -> Trainer:
+    """The bound module with its first weights (initialized, or the checkpoint's), the job's weights (rank 0's),
+    the schedule, the optimizer, the loss scaler and the job's update: the run before its first epoch."""
     mod = create_module(add_loss_scaler(sym) if cfg.amp else sym, contexts, shapes, for_training=True)
     amp_arg = {AMP_SCALE: mx.nd.ones((1,))} if cfg.amp else {}  # its value is set by the scaler below
     if resume is not None:
         load_weights(mod, sym, resume, shapes[0][0].shape, amp_arg)
     else:
         mod.init_params(initializer, arg_params=amp_arg or None, allow_missing=cfg.amp)
-    if kv is not None:
-        dist.broadcast_params(kv, mod)
-    schedule = Schedule(cfg, train_it.batches_per_epoch if train_it is not None else 1)
-    init_optimizer(mod, cfg, schedule, len(contexts), kv)
+    job.broadcast(mod)
+    schedule = Schedule(cfg, iters_per_epoch)
+    init_optimizer(mod, cfg, schedule, len(contexts), job)
     scaler = None
     if cfg.amp:
         start = resume.meta.get("loss_scale", cfg.initial_loss_scale) if resume else cfg.initial_loss_scale
         scaler = DynamicLossScaler(mod, start, cfg.amp_scale_window, mod.data_shapes[0].shape[0])
-    run = Trainer(cfg, sym, mod, schedule, scaler, report, global_batch, writer=kv is None or kv.rank == 0)
-    if kv is not None:
-        run.timer = dist.StepTimer(kv, mod)
-        report.set_dist_exchange(run.timer.bytes, dist.EXCHANGE_EVERY)
+    run = Trainer(cfg, sym, mod, schedule, scaler, report, global_batch, writer=job.rank == 0)
+    run.update = job.updater(mod, report)
     if cfg.model_prefix is not None:
         stale = checkpoint.remove_stale_temporaries(cfg.model_prefix)
         if stale:
             log.warning("removed %d temporary file(s) of an interrupted save: %s", len(stale), ", ".join(stale))
-    if mlperf is not None:
-        warm_up(mod)
-        mlperf.init_done()  # the clock starts: everything from here touches the data
-        try:
-            train_it, val_it = open_data()
-        except BaseException:
-            mlperf.run_stop("aborted")
-            raise
-        schedule.iters_per_epoch = train_it.batches_per_epoch
-        mlperf.data_ready(train_it.num_samples, val_it.num_samples)
-    begin_epoch, skip = 0, 0
-    if resume is not None:
-        if "states" in resume.meta.get("files", {}):
-            checkpoint.states_loader(resume.files["states"])(mod)
-        else:
-            log.warning("%s has no optimizer state: momentum starts from zero", resume.name)
-        begin_epoch, skip = (resume.epoch - 1, resume.meta.get("batch", 0)) if resume.partial else (resume.epoch, 0)
-        schedule.step = resume.meta.get("step", begin_epoch * schedule.iters_per_epoch + skip)
-        run.last_good = None if resume.partial else resume.name
-        report.keep_history(begin_epoch, resume.name)
-        log.info("resuming from %s: epoch %d, iteration %d", resume.name, begin_epoch, skip)
-    if kv is not None and kv.rank == 0:
-        dist.GUARD.start(run.lost)
+    return run
+
+
+def _start_clock(run: Trainer, ml, open_data):
+    """MLPerf mode: warm up off the clock, start it, then build the data pipelines on it; (train, val)."""
+    warm_up(run.mod)
+    ml.init_done()  # the clock starts: everything from here touches the data
     try:
-        return _loop(run, cfg, train_it, val_it, stop, begin_epoch, skip, mlperf, kv)
-    finally:
-        if kv is not None:
-            dist.GUARD.stop()
-        if mlperf is not None and mlperf.status is None:  # a signal, a bad record, an unwritable output
-            mlperf.run_stop("aborted")
-            report.set_mlperf(mlperf.summary())
-            report.save()
+        train_it, val_it = open_data()
+    except BaseException:
+        ml.run_stop("aborted")
+        raise
+    run.schedule.iters_per_epoch = train_it.batches_per_epoch
+    ml.data_ready(train_it.num_samples, val_it.num_samples)
+    return train_it, val_it
 
 
-def _loop(run: Trainer, cfg: FitConfig, train_it, val_it, stop: StopFlag, begin_epoch: int, skip: int,
-          mlperf, kv=None) -> int:
-    """The epochs of ``fit``."""
-    mod, schedule, scaler, report, global_batch = run.mod, run.schedule, run.scaler, run.report, run.global_batch
-    iters_per_epoch = schedule.iters_per_epoch
+def _resume(run: Trainer, resume: checkpoint.Checkpoint) -> tuple[int, int]:
+    """The optimizer state, LR step and report history of the checkpoint; (epoch, iteration) to go on from."""
+    if "states" in resume.meta.get("files", {}):
+        checkpoint.states_loader(resume.files["states"])(run.mod)
+    else:
+        log.warning("%s has no optimizer state: momentum starts from zero", resume.name)
+    begin_epoch, skip = (resume.epoch - 1, resume.meta.get("batch", 0)) if resume.partial else (resume.epoch, 0)
+    run.schedule.step = resume.meta.get("step", begin_epoch * run.schedule.iters_per_epoch + skip)
+    run.last_good = None if resume.partial else resume.name
+    run.report.keep_history(begin_epoch, resume.name)
+    log.info("resuming from %s: epoch %d, iteration %d", resume.name, begin_epoch, skip)
+    return begin_epoch, skip
+
+
+def _loop(run: Trainer, train_it, val_it, stop: StopFlag, begin_epoch: int, skip: int, ml, job) -> int:
+    """The epochs of ``fit``, each in its phases: train, validate, save; then finish."""
+    cfg, report = run.cfg, run.report
     for epoch in range(begin_epoch, cfg.num_epochs):
-        run.check_space(epoch)
-        run.epoch, run.trained = epoch, False
-        meter = Meter(not cfg.no_metrics)
-        skipped_before = scaler.skipped if scaler else 0
-        if mlperf is not None:
-            mlperf.epoch_start(epoch)
-        timer = run.timer
-        try:
-            state = run_epoch(mod, train_it, meter, True, stop, schedule,
-                              _progress(epoch, iters_per_epoch, global_batch, cfg, schedule, meter), skip, scaler,
-                              timer.update if timer is not None else None)
-        except DataError:
-            report.add_epoch(epoch, train=run.train_stats(meter, skipped_before))
-            run.save(epoch + 1, skip + len(meter.times), partial=True)
-            raise
-        if state == "done":
-            run.trained = True
-            train_it.reset()  # iterators are reset after a finished epoch (DALI refuses a reset mid-epoch)
-        batches_done = skip + len(meter.times)
+        status, train_stats, batches_done = _train_epoch(run, train_it, stop, epoch, skip, ml, job)
         skip = 0
-        train_stats = run.train_stats(meter, skipped_before)
-        if timer is not None and state == "done":  # every worker ends its epoch here
-            train_stats["workers"] = _worker_times(kv, meter, timer)
-        if state == "diverged":
-            report.add_epoch(epoch, train=train_stats)
-            if mlperf is not None:
-                mlperf.run_stop("aborted")
-                report.set_mlperf(mlperf.summary())
-            report.save("diverged")
-            log.error("the loss became NaN or infinite in epoch %d at iteration %d; stopped without saving "
-                      "(last good checkpoint: %s). Lower --lr or check the data.", epoch, batches_done,
-                      run.last_good or "none")
-            return EXIT_DIVERGED
-        if state == "stopped":
-            report.add_epoch(epoch, train=train_stats)
-            return run.interrupted(stop, epoch, batches_done, epoch_complete=False)
-        if mlperf is not None:
-            mlperf.epoch_stop(epoch)
-        evaluate = val_it is not None and not cfg.no_val and (mlperf is None or mlperf.evaluates(epoch))
-        val_stats, val_state, reached = None, "done", False
-        if evaluate:
-            log.info("Epoch[%d] validation: %d batches", epoch, val_it.batches_per_epoch)
-            vmeter = Meter(not cfg.no_metrics)
-            if mlperf is not None:
-                mlperf.eval_start(epoch)
-            try:
-                val_state = run_epoch(mod, val_it, vmeter, False, stop)
-            except DataError:
-                report.add_epoch(epoch, train=train_stats)
-                run.save(epoch + 1, 0, partial=False)
-                raise
-            if val_state == "done":
-                val_it.reset()
-                if kv is not None:  # each worker scored its part of the val set: the whole set's numbers
-                    n, vmeter.loss_sum, top1, top5 = dist.allreduce_sum(
-                        kv, "val", [vmeter.n, vmeter.loss_sum, vmeter.top1, vmeter.top5])
-                    vmeter.n, vmeter.top1, vmeter.top5 = round(n), round(top1), round(top5)
-                val_stats = vmeter.summary(global_batch, latencies=True)
-                if mlperf is not None:
-                    reached = mlperf.eval_stop(epoch, vmeter.top1 / max(vmeter.n, 1))
+        if status is not None:
+            return status
+        val_stats, val_state, reached = _validate(run, val_it, stop, epoch, ml, job, train_stats)
         report.add_epoch(epoch, train=train_stats, val=val_stats)
         _log_epoch(epoch, train_stats, val_stats)
         if val_state == "stopped":  # the epoch is trained: its checkpoint is a complete one
             return run.interrupted(stop, epoch, batches_done, epoch_complete=True)
         if reached:
-            mlperf.run_stop("success")  # the clock stops before the checkpoint is written
-            report.set_mlperf(mlperf.summary())
+            ml.run_stop("success")  # the clock stops before the checkpoint is written
+            ml.record(report)
             run.save(epoch + 1, 0, partial=False)
             report.save("completed")
             return 0
-        done = epoch + 1
-        if done % cfg.save_period == 0 or done == cfg.num_epochs:
-            aux = None
-            if kv is not None and cfg.model_prefix is not None:  # every worker takes part; rank 0 writes
-                aux = dist.average_aux(kv, mod)
-            run.save(done, 0, partial=False, aux=aux)
-        if mlperf is not None:
-            report.set_mlperf(mlperf.summary())
-        report.save()
+        _save_epoch(run, epoch, ml, job)
         if stop.signum is not None:  # the signal came while saving (or validation was off)
             return run.interrupted(stop, epoch, batches_done, epoch_complete=True)
-    if mlperf is not None:
-        mlperf.run_stop("aborted")
-        report.set_mlperf(mlperf.summary())
-        report.save("aborted")
-        best = "no evaluation" if mlperf.best is None else f"best top-1 {mlperf.best:.4f}"
-        log.error("MLPerf: the %d epochs ran out before an evaluation reached the target %g (%s); run_stop status "
-                  "aborted", cfg.num_epochs, mlperf.cfg.target, best)
-        return EXIT_ABORTED
-    if kv is not None:  # data parallelism's promise: the workers end with the same weights
-        sums = dist.weight_checksums(kv, mod)
-        report.set_dist_checksums(sums)
-        if len(set(sums)) == 1:
-            log.info("the %d workers hold the same weights (checksum %.17g)", len(sums), sums[0])
-        else:
-            log.warning("the workers' weights differ: checksums %s", ", ".join(f"{c:.17g}" for c in sums))
+    status = ml.finished(report, cfg.num_epochs)
+    if status is not None:
+        return status
+    job.finish(run.mod, report)
     report.save("completed")
     return 0
 
 
-def _worker_times(kv, meter: Meter, timer) -> list[dict]:
-    """Each worker's median step, data wait and gradient exchange times of the epoch, in milliseconds and rank
-    order (the first iterations left out, as from img/s); the exchange's share of the step. Resets the timer for
-    the next epoch (whose third step is timed first)."""
-    warm = warmup_iters(len(meter.times))
-    kept = meter.times[warm:] or meter.times
-    mine = [float(np.median(kept)) if kept else float("nan"),
-            float(np.median(meter.data_times[warm:] or meter.data_times)) if kept else float("nan"),
-            float(np.median(timer.times)) if timer.times else float("nan"), float(len(timer.times))]
-    timer.times, timer.calls = [], 0
-    out = []
-    for rank, (step, data_wait, exchange, samples) in enumerate(dist.per_worker(kv, mine)):
-        entry = {"rank": rank, "step_ms": step * 1e3, "data_ms": data_wait * 1e3}
-        if samples:
-            entry.update(exchange_ms=exchange * 1e3, exchange_share=exchange / step if step > 0 else None,
-                         exchange_samples=int(samples))
-        out.append(entry)
-    log.info("workers' median step: %s", "; ".join(
-        f"rank {w['rank']} {w['step_ms']:.1f} ms" + (f" (gradient exchange {w['exchange_ms']:.1f} ms, "
-                                                     f"{100 * w['exchange_share']:.1f}%)"
-                                                     if "exchange_ms" in w and w["exchange_share"] else "")
-        for w in out))
-    return out
+def _train_epoch(run: Trainer, train_it, stop: StopFlag, epoch: int, skip: int, ml, job):
+    """The training phase of ``epoch`` (from iteration ``skip`` of a resumed one): (an exit status where the run
+    ends here, else None; the epoch's train numbers; the iterations done)."""
+    cfg, report, schedule, scaler = run.cfg, run.report, run.schedule, run.scaler
+    run.check_space(epoch)
+    run.epoch, run.trained = epoch, False
+    meter = Meter(not cfg.no_metrics)
+    skipped_before = scaler.skipped if scaler else 0
+    ml.epoch_start(epoch)
+    progress = _progress(epoch, schedule.iters_per_epoch, run.global_batch, cfg, schedule, meter)
+    try:
+        state = run_epoch(run.mod, train_it, meter, True, stop, schedule, progress, skip, scaler, run.update)
+    except DataError:
+        report.add_epoch(epoch, train=run.train_stats(meter, skipped_before))
+        run.save(epoch + 1, skip + len(meter.times), partial=True)
+        raise
+    batches_done = skip + len(meter.times)
+    train_stats = run.train_stats(meter, skipped_before)
+    if state == "done":
+        run.trained = True
+        train_it.reset()  # iterators are reset after a finished epoch (DALI refuses a reset mid-epoch)
+        times = job.epoch_times(meter, warmup_iters(len(meter.times)))  # every worker ends its epoch here
+        if times is not None:
+            train_stats["workers"] = times
+    if state == "diverged":
+        report.add_epoch(epoch, train=train_stats)
+        ml.abort(report)
+        report.save("diverged")
+        log.error("the loss became NaN or infinite in epoch %d at iteration %d; stopped without saving "
+                  "(last good checkpoint: %s). Lower --lr or check the data.", epoch, batches_done,
+                  run.last_good or "none")
+        return EXIT_DIVERGED, train_stats, batches_done
+    if state == "stopped":
+        report.add_epoch(epoch, train=train_stats)
+        return run.interrupted(stop, epoch, batches_done, epoch_complete=False), train_stats, batches_done
+    ml.epoch_stop(epoch)
+    return None, train_stats, batches_done
+
+
+def _validate(run: Trainer, val_it, stop: StopFlag, epoch: int, ml, job, train_stats: dict):
+    """The validation phase of ``epoch`` (when there is one): (its numbers or None, "done" or "stopped", whether it
+    reached MLPerf's target)."""
+    cfg = run.cfg
+    if val_it is None or cfg.no_val or not ml.evaluates(epoch):
+        return None, "done", False
+    log.info("Epoch[%d] validation: %d batches", epoch, val_it.batches_per_epoch)
+    vmeter = Meter(not cfg.no_metrics)
+    ml.eval_start(epoch)
+    try:
+        state = run_epoch(run.mod, val_it, vmeter, False, stop)
+    except DataError:
+        run.report.add_epoch(epoch, train=train_stats)
+        run.save(epoch + 1, 0, partial=False)
+        raise
+    if state != "done":
+        return None, state, False
+    val_it.reset()
+    # each worker scored its part of the val set: the whole set's numbers
+    n, vmeter.loss_sum, top1, top5 = job.sum("val", [vmeter.n, vmeter.loss_sum, vmeter.top1, vmeter.top5])
+    vmeter.n, vmeter.top1, vmeter.top5 = round(n), round(top1), round(top5)
+    reached = ml.eval_stop(epoch, vmeter.top1 / max(vmeter.n, 1))
+    return vmeter.summary(run.global_batch, latencies=True), state, reached
+
+
+def _save_epoch(run: Trainer, epoch: int, ml, job) -> None:
+    """The checkpoint of a trained epoch (every --save-period and the last; every worker takes part in the
+    batchnorm average, rank 0 writes) and the report."""
+    cfg, done = run.cfg, epoch + 1
+    if done % cfg.save_period == 0 or done == cfg.num_epochs:
+        aux = job.checkpoint_aux(run.mod) if cfg.model_prefix is not None else None
+        run.save(done, 0, partial=False, aux=aux)
+    ml.record(run.report)
+    run.report.save()
 
 
 def _log_epoch(epoch, train, val):

@@ -15,15 +15,11 @@ The pieces, as MLPerf's reference harness (``vision/classification_and_detection
   memory; ``unload_samples`` frees them. The labels for accuracy come from the same records.
 * SUT (system under test): ``issue_queries`` only puts the samples on a queue and returns (it never computes, never
   raises). ``--threads`` worker threads take what is queued, up to ``--max-batchsize`` at a time (no waiting for a
-  batch to fill: nothing is ever held back, so ``flush_queries`` has nothing to flush), run the backend, and complete
+  batch to fill: nothing is ever held back, so ``flush_queries`` has nothing to flush), run the model, and complete
   each sample with ``QuerySamplesComplete`` from the worker thread (LoadGen releases the GIL there).
-* Backends (``--backend``): ``mxnet``, a Module bound for inference (``fit.create_module``, the executor
-  ``--only-inference`` scores with, MXNet's default oneDNN subgraph fusion on CPU) at ``--max-batchsize`` and at
-  every power of two below it sharing its memory; a batch of another size runs as the largest of these sizes that
-  fit, one after the other (21 samples: 16, 4, 1), never padded with wasted work; each size is run once before the
-  test starts. ``onnxruntime``, an ``InferenceSession`` on ``--onnx`` (default
-  ``<model-prefix>-<epoch:04d>.onnx``, as ``tools/export_onnx.py`` writes it): input ``data`` (N, C, H, W) float32,
-  first output the class probabilities.
+* Runtimes (``--backend``): ``mxnet``, the checkpoint in a Module bound for inference as ``--only-inference``
+  scores it, or ``onnxruntime``, an ``InferenceSession`` on ``--onnx``; one module each (``runtime_<name>.py``),
+  opened by name through ``runtimes.open_runtime`` (``runtimes.py`` has the interface and the runtimes' details).
 
 The answer to each sample (what ``mlperf_log_accuracy.json`` holds, hex-encoded) is the predicted class as one
 **float32** value (4 bytes), what the reference ``main.py`` writes and what MLPerf's ``tools/accuracy-imagenet.py``
@@ -41,57 +37,22 @@ the process exits all the same, its LoadGen logs incomplete. ``StartTest`` runs 
 signal handlers in the main thread only, and a main thread waiting inside ``StartTest`` (Offline waits there for the
 whole query) would see a Ctrl-C only when the test is over. Bad input is one line and exit 2 before any work.
 
-A debug hook for testing that path: ``RN50_LOADGEN_FAIL_AFTER=K`` makes the backend raise after K batches of the test
+A debug hook for testing that path: ``RN50_LOADGEN_FAIL_AFTER=K`` makes the runtime raise after K batches of the test
 (the warm-up before the test is not counted): a real failure in the worker thread, handled as any other.
 
 An ``audit.config`` in the working directory is reported before the run (one warning line): LoadGen applies it
 (MLPerf's compliance tests TEST01/TEST04 use it), which changes the run silently otherwise.
 
-Settings: the flags set LoadGen's ``TestSettings`` (LoadGen's own defaults otherwise: 10 s, 100 queries, not
-MLPerf's official 600 s): ``--time`` min_duration, ``--count`` min_query_count (when given), ``--qps`` Server's target
-and Offline's expected QPS, ``--max-latency`` Server's target latency, ``--expected-latency`` the SingleStream and
-MultiStream latency LoadGen plans its queries with, ``--samples-per-query`` MultiStream's 8. ``--user-conf`` then
-overrides them: ``settings.FromConfig(path, "resnet50", scenario)`` loads LoadGen's built-in ``mlperf.conf`` (600 s,
-ResNet-50's 1024 performance samples, Server's 15 ms, ...) and the file over it: the settings of an official run.
-LoadGen applies its ``mlperf.conf`` only in the first ``FromConfig`` of a process, which is one reason each scenario
-of a comma list runs in a process of its own.
-
-Fitting the machine, before any work: the settings above decide what LoadGen generates before its test starts (all
-of it, up front: ``GenerateQueries``). Offline: one query of max(min_query_count, 1.1 x --time x --qps) samples, all
-issued at once; Server: max(min_query_count, --time x --qps) queries of one sample; SingleStream and MultiStream:
-max(min_query_count, 2 x --time / --expected-latency) queries of 1 or --samples-per-query samples; accuracy mode:
-every QSL sample once. Its host memory is estimated with the model ``train.py`` refuses batches with
-(``memory.estimate``'s scoring figures: weights, runtime, activations per image) and this process's own parts:
-
-    mxnet        fixed + (per image + 5.5 x input) x --max-batchsize + 1.5 x fp32 weights x (batch sizes bound)
-                 + input x --max-batchsize x (--threads - 1)     (the model runs one batch at a time; each bound
-                 size holds oneDNN-fused weights of its own; each waiting worker holds its batch)
-    onnxruntime  fixed + 100 MiB + 1.6 x per image x --max-batchsize x --threads     (the threads' batches run at once)
-    both         + 110 MiB (DALI's decoder, LoadGen) + C x H x W x 4 bytes per loaded sample
-                 + LoadGen's queries: 320 bytes a query, 48 a further sample of it, 272 a sample issued while the
-                 SUT is busy (Offline's whole query; Server's arrivals when the SUT falls behind)
-
-(LoadGen's part measured with a SUT that answers at once, 0.2 to 2.2 million samples: Offline 316 bytes a sample,
-SingleStream 305 and Server 346 a query, MultiStream 632 a query of 8. The rest as the peak resident set of this
-process on a 2-core Intel Xeon (family 6, model 167), oneDNN, ResNet-18 and -50 at 32 and 224 px, batches 1 to
-4096, 1 to 3 threads: 0.77 to 0.98 of the estimate over 20 runs.) On a GPU the model's batch is checked against the
-GPU's free memory (``memory.check_batch``) and the host holds the rest. More than the machine has available, less
-``memory.MARGIN``, reckoned as for ``train.py`` (MemAvailable or the cgroup's limit), is one line and exit 2: it names
-the flag of the largest part that can shrink (``--max-batchsize`` with ``--threads``, ``--performance-sample-count``,
-``--qps``, ``--expected-latency`` or ``--count``) and the largest (or smallest) value of it that fits beside the
-rest. Offline's query is generated and issued whole: a ``--qps`` far beyond the machine needs the memory of all its
-samples before the first one is scored.
-
-The duration: after the warm-up, the fastest of two batches of the scenario's size (SingleStream 1, MultiStream a
-query's samples up to --max-batchsize, else --max-batchsize) is timed. A performance test takes at least: Offline its
-samples at that rate; Server max(the schedule's --time, its samples at that rate); SingleStream and MultiStream
-max(--time, min_query_count queries one after the other). When that is more than both 2 x and 30 s beyond the
-minimum duration, one warning line gives it and the flag to lower (Offline and Server: --qps to about the rate
-timed; SingleStream --count; MultiStream --samples-per-query or --count). The summary's ``plan`` holds the numbers.
+Before any work, the test is planned (``loadgen_plan.py``): ``TestSettings`` from the flags, then ``--user-conf``
+(LoadGen's ``mlperf.conf`` and the file over them, the settings of an official run); what LoadGen will generate;
+its host memory against what the machine has (more is one line and exit 2, naming the flag to lower and the value
+that fits); after the warm-up, a batch timed and the test's duration expected from it (one warning line when that
+is far beyond ``--time``). The summary's ``plan`` holds the numbers.
 
 Outputs in ``--output`` (a comma list: one folder per scenario below it): LoadGen's ``mlperf_log_summary.txt``,
 ``mlperf_log_detail.txt``, ``mlperf_log_accuracy.json``, ``mlperf_log_trace.json`` (earlier ones of these names are
-replaced), and ``summary.json`` (written to a temporary file and renamed), parsed from the summary:
+replaced), and ``summary.json`` (written to a temporary file and renamed), parsed from the summary
+(``loadgen_logs.py``):
 
     ``schema``        ``"rn50-loadgen/1"``
     ``scenario``, ``mode``   SingleStream|MultiStream|Server|Offline, PerformanceOnly|AccuracyOnly
@@ -115,7 +76,7 @@ replaced), and ``summary.json`` (written to a temporary file and renamed), parse
     ``samples``       ``issued``, ``answered`` (with a prediction) and ``empty`` (-1.0) by the SUT
     ``plan``          what LoadGen generates (``queries``, ``samples_per_query``, ``samples``), the host memory
                       estimated (``memory_bytes``), the batch timed (``batch``, ``batch_s``, ``samples_per_second``) and
-                      the test's duration expected from them (``expected_s``); see "Fitting the machine"
+                      the test's duration expected from them (``expected_s``); see ``loadgen_plan.py``
     ``model``, ``qsl``, ``cmd``   what ran: backend, dtype, device, checkpoint or ONNX file, batch sizes, threads
                       (onnxruntime: its providers); the QSL's size and performance sample count; the command line
     ``files``, ``wall_s``   LoadGen's files in the folder; the test's wall time, seconds
@@ -171,34 +132,29 @@ import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from typing import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common import (BF16_NEEDS_CPU, FP16_NEEDS_GPU, Children, DataError, Parser, StopFlag, Stopped,  # noqa: E402
-                    UsageError, available_cores, check_bf16_cpu, check_writable, finite_float, float_list, int_list,
-                    path_arg, run_main, write_json)
+from common import (Children, DataError, Parser, StopFlag, Stopped, ToolkitError, UsageError,  # noqa: E402
+                    available_cores, check_dtype, check_image_shape, check_writable, finite_float, float_list,
+                    int_list, path_arg, run_main, setup_logging, write_json)
+from loadgen_logs import LOADGEN_LOGS, RESPONSE_DTYPE, accuracy, detail_messages, parse_summary  # noqa: E402
+from loadgen_plan import (PERFORMANCE_SAMPLES, SCENARIOS, LoadGenConfig, TestPlan, check_fits,  # noqa: E402
+                          duration_text, duration_warning, expected_seconds, far_beyond, make_settings, memory_need,
+                          plan_test, plan_text, scenario_batch, settings_line, time_batch)
+from runtimes import RUNTIMES, ModelSpec, Runtime, open_runtime  # noqa: E402
 
 log = logging.getLogger("loadgen")
 
 PROG = "loadgen.py"
 SCHEMA = "rn50-loadgen/1"
-SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
-MLPERF_MODEL = "resnet50"  # the model name of LoadGen's mlperf.conf and of user.conf keys
-RESPONSE_DTYPE = np.float32  # what accuracy-imagenet.py reads by default (--dtype float32), as the reference writes
 EMPTY_ANSWER = -1.0  # the answer of a sample that could not be scored: never a label
-PERFORMANCE_SAMPLES = 1024  # ResNet-50's performance_sample_count in MLPerf's mlperf.conf
 GRACE_S = 10.0  # after a failure or a signal: how long LoadGen gets to end its test before the process exits anyway
-FAIL_ENV = "RN50_LOADGEN_FAIL_AFTER"
 EXIT_FAILED = 1  # the model path failed
-LOADGEN_LOGS = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json",
-                "mlperf_log_trace.json")
 SUMMARY = "summary.json"
 
 
@@ -207,11 +163,15 @@ SUMMARY = "summary.json"
 
 
 def build_parser() -> Parser:
-    import resnet  # MXNet loads here, after main has begun to handle signals
-    from datatypes import RGB_MEAN, RGB_STD
-
     p = Parser(prog=PROG, description="MLPerf Inference LoadGen over the toolkit's scoring path: QSL over val.rec, "
                                       "a batching SUT (mxnet or onnxruntime), the four scenarios, a JSON summary.")
+    _add_loadgen_args(p)
+    _add_model_args(p)
+    _add_data_args(p)
+    return p
+
+
+def _add_loadgen_args(p: Parser) -> None:
     g = p.add_argument_group("LoadGen", "scenario, mode and test settings (names as MLPerf's reference harness)")
     g.add_argument("--scenario", default="SingleStream",
                    help=f"one of {', '.join(SCENARIOS)}, or a comma list (each in its own process, one after the "
@@ -251,8 +211,13 @@ def build_parser() -> Parser:
                    help="check the flags (not the files), print each scenario's settings and command, run nothing")
     g.add_argument("--assume-gpus", type=int, default=None,
                    help="with --dry-run: plan as on a machine with this many GPUs")
+
+
+def _add_model_args(p: Parser) -> None:
+    import resnet  # MXNet loads here, after main has begun to handle signals
+
     m = p.add_argument_group("Model", "the network and its weights")
-    m.add_argument("--backend", choices=("mxnet", "onnxruntime"), default="mxnet", help="inference runtime")
+    m.add_argument("--backend", choices=tuple(RUNTIMES), default="mxnet", help="inference runtime")
     m.add_argument("--onnx", type=path_arg, default=None,
                    help="onnxruntime: the ONNX model (default: <model-prefix>-<epoch:04d>.onnx, as "
                         "tools/export_onnx.py writes it)")
@@ -266,6 +231,11 @@ def build_parser() -> Parser:
                    help="C,H,W of the network input (C=4: NVIDIA's zero 4th channel of the FP16 recipe)")
     m.add_argument("--input-layout", choices=("NCHW", "NHWC"), default="NCHW", help="layout of the input (mxnet)")
     resnet.add_model_args(p)
+
+
+def _add_data_args(p: Parser) -> None:
+    from datatypes import RGB_MEAN, RGB_STD
+
     d = p.add_argument_group("Data", "the validation set, preprocessed as the validation pass does it")
     d.add_argument("--data-root", type=path_arg, default=None, help="folder with val.rec and val.idx")
     d.add_argument("--data-val", type=path_arg, default=None,
@@ -274,90 +244,6 @@ def build_parser() -> Parser:
                    help="resize the shorter side to this before the center crop (default: 256/224 of the crop)")
     d.add_argument("--rgb-mean", type=float_list, default=RGB_MEAN, help="per-channel mean (0-255 scale)")
     d.add_argument("--rgb-std", type=float_list, default=RGB_STD, help="per-channel std (0-255 scale)")
-    return p
-
-
-@dataclass(frozen=True)
-class LoadGenConfig:
-    """The LoadGen flags of one run (field names are the flags' names)."""
-    scenario: str = "SingleStream"
-    accuracy: bool = False
-    count: int | None = None
-    performance_sample_count: int | None = None
-    time: float | None = None
-    qps: float | None = None
-    max_latency: float | None = None
-    expected_latency: float | None = None
-    samples_per_query: int = 8
-    max_batchsize: int = 32
-    threads: int = 1
-    user_conf: Path | None = None
-    output: Path = Path("runs/loadgen")
-
-    def __post_init__(self):
-        for flag, v, low in (("--count", self.count, 1), ("--performance-sample-count",
-                                                          self.performance_sample_count, 1),
-                             ("--samples-per-query", self.samples_per_query, 1),
-                             ("--max-batchsize", self.max_batchsize, 1), ("--threads", self.threads, 1)):
-            if v is not None and v < low:
-                raise UsageError(f"{flag} {v}: must be at least {low}")
-        for flag, v in (("--time", self.time), ("--qps", self.qps), ("--max-latency", self.max_latency),
-                        ("--expected-latency", self.expected_latency)):
-            if v is not None and not v > 0:
-                raise UsageError(f"{flag} {v:g}: must be positive")
-        if self.count is not None and self.performance_sample_count is not None and \
-                self.performance_sample_count > self.count:
-            raise UsageError(f"--performance-sample-count {self.performance_sample_count}: at most --count "
-                             f"{self.count} (the samples of the QSL)")
-
-    @property
-    def scenarios(self) -> list[str]:
-        return parse_scenarios(self.scenario)
-
-    @property
-    def mode(self) -> str:
-        return "AccuracyOnly" if self.accuracy else "PerformanceOnly"
-
-
-def parse_scenarios(text: str) -> list[str]:
-    """``--scenario``'s comma list, checked (names as LoadGen spells them; case is forgiven)."""
-    by_lower = {s.lower(): s for s in SCENARIOS}
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [n for n in names if n.lower() not in by_lower]
-    if bad or not names:
-        raise UsageError(f"--scenario {text}: {'unknown scenario ' + bad[0] if bad else 'empty'}; choose from "
-                         f"{', '.join(SCENARIOS)} (or a comma list of them)")
-    out = [by_lower[n.lower()] for n in names]
-    if len(set(out)) != len(out):
-        raise UsageError(f"--scenario {text}: a scenario is named twice")
-    return out
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the SUT runs: backend, weights, dtype, device, and the model flags it is built from."""
-    backend: str
-    dtype: str
-    device: str  # "cpu" or "gpu"
-    model_prefix: Path | None
-    load_epoch: int | None
-    onnx: Path | None
-    num_classes: int
-    image_shape: tuple
-    input_layout: str
-    model: object  # resnet.ModelConfig
-
-    def describe(self) -> dict:
-        out = {"backend": self.backend, "dtype": self.dtype, "device": self.device,
-               "num_layers": self.model.num_layers, "num_classes": self.num_classes,
-               "image_shape": list(self.image_shape)}
-        if self.backend == "onnxruntime":
-            out["onnx"] = str(self.onnx)
-        elif self.model_prefix is not None:
-            out["checkpoint"] = f"{self.model_prefix}-{self.load_epoch:04d}"
-        else:
-            out["checkpoint"] = None  # random weights
-        return out
 
 
 def model_spec(args, gpus: int) -> ModelSpec:
@@ -365,9 +251,7 @@ def model_spec(args, gpus: int) -> ModelSpec:
     import resnet
     from common import config_from
 
-    shape = tuple(args.image_shape)
-    if len(shape) != 3 or shape[0] not in (3, 4) or min(shape[1:]) < 1:
-        raise UsageError(f"--image-shape {','.join(map(str, shape))}: expected C,H,W with C 3 or 4")
+    shape = check_image_shape(args.image_shape)
     if args.num_classes < 1:
         raise UsageError(f"--num-classes {args.num_classes}: must be at least 1")
     if args.load_epoch is not None and args.model_prefix is None:
@@ -392,12 +276,7 @@ def model_spec(args, gpus: int) -> ModelSpec:
     else:
         if args.onnx is not None:
             raise UsageError("--onnx is for --backend onnxruntime")
-        if args.dtype == "float16" and not gpus:
-            raise UsageError(FP16_NEEDS_GPU)
-        if args.dtype == "bfloat16":
-            if gpus:
-                raise UsageError(BF16_NEEDS_CPU)
-            check_bf16_cpu()
+        check_dtype(args.dtype, device)
     return ModelSpec(args.backend, args.dtype, device, args.model_prefix, args.load_epoch, onnx, args.num_classes,
                      shape, args.input_layout, config_from(resnet.ModelConfig, args))
 
@@ -563,161 +442,6 @@ class SampleLibrary:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Backends: a batch of preprocessed samples in, the predicted classes out
-
-
-class _FailHook:
-    """``RN50_LOADGEN_FAIL_AFTER=K``: raise in the backend after K batches of the test (armed when it starts)."""
-
-    def __init__(self):
-        text = os.environ.get(FAIL_ENV)
-        try:
-            self.after = None if text in (None, "") else int(text)
-        except ValueError:
-            raise UsageError(f"{FAIL_ENV}={text}: expected a number of batches") from None
-        self.armed = False
-        self.batches = 0
-        self._lock = threading.Lock()
-
-    def check(self) -> None:
-        if self.after is None or not self.armed:
-            return
-        with self._lock:
-            self.batches += 1
-            if self.batches > self.after:
-                raise RuntimeError(f"injected failure ({FAIL_ENV}={self.after}: after {self.after} batches)")
-
-
-class MXNetBackend:
-    """Modules bound for inference (``fit.create_module``) at ``max_batch`` and every power of two below it, the
-    smaller ones sharing the largest one's parameters and memory (each holds oneDNN-fused weights and an input array
-    of its own, though: ``EXECUTOR_WEIGHTS``, ``MXNET_INPUTS``); a batch runs as the largest of these that fit what
-    is left of it, in turn (no padding: the tail of an Offline query would otherwise run up to a whole batch of
-    zeros). MXNet's executors are used by one thread at a time (a lock)."""
-
-    def __init__(self, spec: ModelSpec, dcfg, max_batch: int):
-        import mxnet as mx
-
-        import checkpoint
-        import fit
-        import resnet
-
-        self.name = "mxnet"
-        self.mx, self.spec, self.dcfg = mx, spec, dcfg
-        self.ctx = mx.gpu(0) if spec.device == "gpu" else mx.cpu()
-        self.sym = inference_symbol(spec)
-        self.sizes = batch_sizes(max_batch)
-        self.hook = _FailHook()
-        self._lock = threading.Lock()
-        base = fit.create_module(self.sym, [self.ctx], self._shapes(max_batch), for_training=False)
-        if spec.model_prefix is not None:
-            model = {"num_layers": spec.model.num_layers, "resnet_version": spec.model.resnet_version,
-                     "num_classes": spec.num_classes, "image_channels": spec.image_shape[0], "dtype": spec.dtype}
-            ckpt = checkpoint.for_scoring(spec.model_prefix, spec.load_epoch, model)
-            fit.load_weights(base, self.sym, ckpt, self._shapes(max_batch)[0][0].shape)
-        else:
-            log.warning("no --load-epoch: random weights (throughput only; the accuracy means nothing)")
-            base.init_params(resnet.initializer())
-        self.mods = {max_batch: base}
-
-    def describe(self) -> dict:
-        return {"context": str(self.ctx), "batch_sizes": self.sizes}
-
-    def _shapes(self, n: int):
-        from datatypes import batch_descs
-
-        return batch_descs(dataclasses.replace(self.dcfg, batch_size=n), dtype="float32")
-
-    def _module(self, size: int):
-        mod = self.mods.get(size)
-        if mod is None:
-            mx, base = self.mx, self.mods[max(self.mods)]
-            data, label = self._shapes(size)
-            mod = mx.mod.Module(self.sym, context=[self.ctx], data_names=["data"], label_names=["softmax_label"])
-            mod.bind(data_shapes=data, label_shapes=label, for_training=False, shared_module=base)
-            self.mods[size] = mod
-        return mod
-
-    def warm_up(self, largest: int) -> None:
-        """Bind and run every size a batch of at most ``largest`` samples uses (before LoadGen's clock)."""
-        for size in self.sizes:
-            self._run(np.zeros(self._shapes(size)[0][0].shape, np.float32), size)
-            if size >= largest:
-                break
-
-    def _run(self, x: np.ndarray, size: int) -> np.ndarray:
-        mod = self._module(size)
-        mod.forward(self.mx.io.DataBatch([self.mx.nd.array(x, ctx=self.ctx)], None), is_train=False)
-        return mod.get_outputs()[0].asnumpy()
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        if n > self.sizes[-1]:
-            raise ValueError(f"a batch of {n} samples is larger than --max-batchsize {self.sizes[-1]}")
-        classes, start = [], 0
-        with self._lock:
-            self.hook.check()
-            while start < n:  # the largest bound size that fits what is left: no padded (wasted) work
-                size = max(s for s in self.sizes if s <= n - start)
-                probs = self._run(x[start:start + size], size)
-                classes.append(probs.argmax(axis=1))  # as fit.Meter's top-1: numpy's argmax of the probabilities
-                start += size
-        return np.concatenate(classes)
-
-
-class OnnxBackend:
-    """An onnxruntime session (``ort_session``): input ``data`` N,C,H,W float32, first output the
-    class probabilities. Sessions run concurrently from several threads."""
-
-    def __init__(self, spec: ModelSpec, threads: int):
-        self.name = "onnxruntime"
-        self.hook = _FailHook()
-        per_thread = max(1, available_cores() // threads)
-        try:
-            self.session = ort_session(spec.onnx, per_thread)
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... for a file it cannot load
-            reason = [ln for ln in str(err).splitlines() if ln.strip()]
-            raise UsageError(f"--onnx {spec.onnx}: onnxruntime cannot load it ({(reason or ['?'])[-1][:200]})") \
-                from None
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
-        want = [spec.image_shape[0], spec.image_shape[1], spec.image_shape[2]]
-        if inp.name != "data" or list(inp.shape[1:]) != want:
-            raise UsageError(f"--onnx {spec.onnx}: its input is {inp.name} {inp.shape}, this run feeds data "
-                             f"[N, {', '.join(map(str, want))}]; check --image-shape (or export the model with "
-                             "tools/export_onnx.py)")
-        if len(out.shape) == 2 and isinstance(out.shape[1], int) and out.shape[1] != spec.num_classes:
-            raise UsageError(f"--onnx {spec.onnx}: it has {out.shape[1]} classes, --num-classes is "
-                             f"{spec.num_classes}")
-        self.input = inp.name
-
-    def describe(self) -> dict:
-        return {"providers": self.session.get_providers()}
-
-    def warm_up(self, largest: int) -> None:
-        shape = self.session.get_inputs()[0].shape[1:]
-        for n in sorted({1, largest}):
-            self.session.run(None, {self.input: np.zeros((n, *shape), np.float32)})
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        self.hook.check()
-        probs = self.session.run(None, {self.input: np.ascontiguousarray(x, np.float32)})[0]
-        return probs.argmax(axis=1)
-
-
-def ort_session(path: Path, threads: int | None = None):
-    """An onnxruntime ``InferenceSession`` on ``path`` (the toolkit's one way to open its ONNX models, used by
-    ``tools/export_onnx.py`` too): CUDA first where this onnxruntime has it, then the CPU; ``threads`` intra-op
-    threads (default: the cores available)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or available_cores()
-    opts.log_severity_level = 3  # mx2onnx's models would warn once per initializer
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # SUT: a queue, worker threads that batch, and completion of every sample whatever happens
 
 
@@ -725,8 +449,8 @@ class SystemUnderTest:
     """``issue_queries`` enqueues; ``threads`` workers batch, predict and complete. After ``fail`` (a failure, a
     signal) every queued and every later sample is completed at once with ``EMPTY_ANSWER``."""
 
-    def __init__(self, lg, backend, qsl: SampleLibrary, max_batch: int, threads: int):
-        self.lg, self.backend, self.qsl, self.max_batch = lg, backend, qsl, max_batch
+    def __init__(self, lg, runtime: Runtime, qsl: SampleLibrary, max_batch: int, threads: int):
+        self.lg, self.runtime, self.qsl, self.max_batch = lg, runtime, qsl, max_batch
         self._queue: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -764,8 +488,9 @@ class SystemUnderTest:
         try:
             self.qsl.load(list(indices))
         except BaseException as err:  # noqa: BLE001 - nothing may reach LoadGen
-            status = err.exit_status if isinstance(err, UsageError) else EXIT_FAILED
-            self.fail(str(err) if isinstance(err, UsageError) else f"loading samples: {describe(err)}", status)
+            known = isinstance(err, ToolkitError)  # a record that does not decode: DataError, exit 4
+            self.fail(str(err) if known else f"loading samples: {describe(err)}",
+                      err.exit_status if known else EXIT_FAILED)
 
     def unload_samples(self, indices) -> None:
         try:
@@ -794,9 +519,9 @@ class SystemUnderTest:
             classes = None
             try:
                 if not draining:
-                    classes = self.backend.predict(self.qsl.batch([index for _, index in batch]))
+                    classes = self.runtime.predict(self.qsl.batch([index for _, index in batch]))
             except BaseException as err:  # noqa: BLE001 - nothing may reach LoadGen
-                self.fail(f"the model path ({self.backend.name} backend) failed: {describe(err)}", EXIT_FAILED)
+                self.fail(f"the model path ({self.runtime.name} backend) failed: {describe(err)}", EXIT_FAILED)
             finally:
                 self._complete(batch, classes)
 
@@ -805,7 +530,7 @@ class SystemUnderTest:
         try:
             values = None if classes is None else np.asarray(classes).astype(RESPONSE_DTYPE).reshape(-1)
             if values is not None and len(values) != len(batch):
-                self.fail(f"the {self.backend.name} backend answered {len(values)} of {len(batch)} samples",
+                self.fail(f"the {self.runtime.name} backend answered {len(values)} of {len(batch)} samples",
                           EXIT_FAILED)
                 values, classes = None, None
             if values is None:
@@ -837,467 +562,6 @@ def describe(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# LoadGen settings, its summary, accuracy
-
-
-def make_settings(lg, cfg: LoadGenConfig, scenario: str):
-    """``TestSettings`` from the flags, then (``--user-conf``) LoadGen's mlperf.conf and the file over them."""
-    s = lg.TestSettings()
-    s.scenario = getattr(lg.TestScenario, scenario)
-    s.mode = lg.TestMode.AccuracyOnly if cfg.accuracy else lg.TestMode.PerformanceOnly
-    if cfg.time is not None:
-        s.min_duration_ms = max(1, round(cfg.time * 1000))
-    if cfg.count is not None:
-        s.min_query_count = cfg.count
-    if cfg.qps is not None:
-        s.server_target_qps = cfg.qps
-        s.offline_expected_qps = cfg.qps
-    if cfg.max_latency is not None:
-        s.server_target_latency_ns = round(cfg.max_latency * 1e9)
-    if cfg.expected_latency is not None:
-        s.single_stream_expected_latency_ns = round(cfg.expected_latency * 1e9)
-        s.multi_stream_expected_latency_ns = round(cfg.expected_latency * 1e9)
-    s.multi_stream_samples_per_query = cfg.samples_per_query
-    if cfg.user_conf is not None:
-        if s.FromConfig(str(cfg.user_conf), MLPERF_MODEL, scenario) != 0:
-            raise UsageError(f"--user-conf {cfg.user_conf}: LoadGen could not read it (lines are "
-                             f"{MLPERF_MODEL}.{scenario}.key = value, or *.{scenario}.key = value)")
-    return s
-
-
-SETTING_KEYS = ("scenario", "mode", "min_duration_ms", "max_duration_ms", "min_query_count", "max_query_count",
-                "server_target_qps", "server_target_latency_ns", "offline_expected_qps",
-                "single_stream_expected_latency_ns", "multi_stream_expected_latency_ns",
-                "multi_stream_samples_per_query", "performance_sample_count_override")
-
-
-def settings_line(s) -> str:
-    parts = []
-    for k in SETTING_KEYS:
-        v = getattr(s, k)
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        parts.append(f"{k}={v.name if hasattr(v, 'name') else (f'{v:g}' if isinstance(v, float) else v)}")
-    return " ".join(parts)
-
-
-_NUM = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
-
-
-def _number(text: str):
-    if not _NUM.match(text):
-        return text
-    return int(text) if re.match(r"^-?\d+$", text) else float(text)
-
-
-_LATENCY = re.compile(r"^(Min|Max|Mean|(\d+\.\d+) percentile) latency \(ns\)$")
-_COUNTS = re.compile(r"^(No|\d+) (warnings?|ERRORS?) encountered", re.I)
-
-
-def parse_summary(text: str) -> dict:
-    """LoadGen's ``mlperf_log_summary.txt`` as a dict: scenario, mode, result and why, metric, rates, latencies
-    (ns), the test parameters used, the warning and error counts."""
-    out = {"scenario": None, "mode": None, "result": None, "constraints": {}, "invalid_reasons": [],
-           "recommendations": [], "early_stopping": [], "latency_ns": {}, "settings": {},
-           "loadgen": {"warnings": 0, "errors": 0}}
-    values, section, bullets = {}, "", None
-    lines = text.splitlines()
-    for i, raw in enumerate(lines):
-        line = raw.strip()
-        if line.startswith("====="):  # a section's title stands between two such rules
-            bullets = None
-            if i + 2 < len(lines) and lines[i + 2].startswith("====="):
-                section = lines[i + 1].strip()
-            continue
-        m = _COUNTS.match(line)
-        if m:
-            out["loadgen"]["errors" if m[2].lower().startswith("error") else "warnings"] = \
-                0 if m[1] == "No" else int(m[1])
-            continue
-        if line in ("Recommendations:", "Early Stopping Result:"):
-            bullets = out["recommendations" if line.startswith("Rec") else "early_stopping"]
-            continue
-        if bullets is not None:
-            if line.startswith("* "):
-                bullets.append(line[2:])
-                continue
-            if line and raw.startswith(" ") and bullets:
-                bullets[-1] += " " + line
-                continue
-            bullets = None
-        if ":" not in line:
-            continue
-        key, value = (t.strip() for t in line.split(":", 1))
-        if section == "Test Parameters Used":
-            out["settings"][key.replace(" (ns)", "_ns").replace(" (ms)", "_ms").replace(" ", "_")] = _number(value)
-        elif key.endswith("satisfied"):
-            out["constraints"][key] = value.lower() == "yes"
-        else:
-            values.setdefault(key, value)
-    out["scenario"], out["mode"], out["result"] = values.get("Scenario"), values.get("Mode"), values.get("Result is")
-    out["invalid_reasons"] = [f"{k}: NO" for k, ok in out["constraints"].items() if not ok]
-    for key, value in values.items():
-        m = _LATENCY.match(key)
-        if m:
-            name = m[1].lower() if m[2] is None else "p" + f"{float(m[2]):g}"
-            out["latency_ns"][name] = _number(value)
-    out["early_stopping_ns"] = {m[1]: int(m[2]) for m in (re.search(r"Early stopping (\S+) percentile estimate: (\d+)",
-                                                                   b) for b in out["early_stopping"]) if m}
-    _metrics(out, values)
-    return out
-
-
-def _metrics(out: dict, values: dict) -> None:
-    scenario = out["scenario"]
-    num = {k: _number(v) for k, v in values.items()}
-    target = next((k for k in num if re.match(r"^\d+(\.\d+)?th percentile latency \(ns\)$", k)), None)
-    sps = qps = None
-    metric = None
-    if scenario == "SingleStream":
-        qps = sps = num.get("QPS w/ loadgen overhead")
-        if target:
-            metric = {"name": target.replace(" (ns)", ""), "value": num[target], "unit": "ns"}
-    elif scenario == "MultiStream":
-        mean = out["latency_ns"].get("mean")
-        per_query = out["settings"].get("samples_per_query")
-        if isinstance(mean, (int, float)) and mean > 0:
-            qps = 1e9 / mean
-            sps = qps * per_query if isinstance(per_query, int) else None
-        if target:
-            metric = {"name": target.replace(" (ns)", ""), "value": num[target], "unit": "ns"}
-    elif scenario == "Server":
-        sps = qps = num.get("Completed samples per second")
-        out["scheduled_samples_per_second"] = num.get("Scheduled samples per second")
-        if sps is not None:
-            metric = {"name": "Completed samples per second", "value": sps, "unit": "samples/s"}
-    elif scenario == "Offline":
-        sps = num.get("Samples per second")
-        if sps is not None:
-            metric = {"name": "Samples per second", "value": sps, "unit": "samples/s"}
-    out["metric"], out["samples_per_second"], out["queries_per_second"] = metric, sps, qps
-
-
-def detail_messages(path: Path) -> dict:
-    """The error and warning messages of LoadGen's detail log (``is_error``/``is_warning`` lines)."""
-    errors, warnings = [], []
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return {"error_messages": [], "warning_messages": []}
-    for line in lines:
-        if not line.startswith(":::MLLOG"):
-            continue
-        try:
-            rec = json.loads(line[len(":::MLLOG"):])
-        except ValueError:
-            continue
-        meta = rec.get("metadata", {})
-        text = f"{rec.get('key')}: {rec.get('value')}"
-        if meta.get("is_error"):
-            errors.append(text)
-        elif meta.get("is_warning"):
-            warnings.append(text)
-    return {"error_messages": errors, "warning_messages": warnings}
-
-
-def accuracy(path: Path, labels: np.ndarray) -> dict:
-    """Top-1 from ``mlperf_log_accuracy.json`` as MLPerf's ``accuracy-imagenet.py`` computes it (first answer of
-    each qsl_idx, decoded with ``RESPONSE_DTYPE``), against the records' labels."""
-    entries = json.loads(path.read_text())
-    seen, good = set(), 0
-    for e in entries:
-        idx = e["qsl_idx"]
-        if idx in seen:
-            continue
-        seen.add(idx)
-        data = np.frombuffer(bytes.fromhex(e["data"]), RESPONSE_DTYPE)
-        if len(data) and int(data[0]) == labels[idx]:
-            good += 1
-    total = len(seen)
-    return {"top1": 100.0 * good / total if total else None, "good": good, "total": total,
-            "missing": len(labels) - total, "dtype": np.dtype(RESPONSE_DTYPE).name}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Before the test: what LoadGen will generate, the memory of it all, how long it will take (module docstring:
-# "Fitting the machine")
-
-OFFLINE_SLACK = 1.1  # LoadGen's Offline query: max(min_query_count, 1.1 x min duration x expected QPS) samples
-GENERATE_FACTOR = 2  # SingleStream and MultiStream queries are generated for twice the min duration (Server: once)
-QUERY_BYTES = 320  # LoadGen, per generated query with its first sample (measured 305 SingleStream, 346 Server)
-SAMPLE_BYTES = 48  # LoadGen, per further sample of a query (MultiStream: 632 measured for a query of 8)
-QUEUED_BYTES = 272  # this harness, per sample issued and waiting for the SUT (Offline: 316 measured with LoadGen's)
-HARNESS_BYTES = 110 << 20  # loadgen.py beside the model: DALI's decoder, LoadGen, onnxruntime's libraries
-EXECUTOR_WEIGHTS = 1.5  # mxnet: each batch size bound holds oneDNN-fused weights of its own, x the fp32 weights
-MXNET_INPUTS = 5.5  # mxnet: inputs held per image of --max-batchsize beyond memory.estimate's per-image figure
-ORT_ACTIVATIONS = 1.6  # onnxruntime's memory per image in flight, x memory.estimate's (MXNet's) scoring figure
-ORT_SESSION_BYTES = 100 << 20  # onnxruntime's session beside memory.estimate's fixed part
-FAR_FACTOR, FAR_S = 2.0, 30.0  # a test far beyond its min duration: longer than FAR_FACTOR x it and it + FAR_S
-
-
-def inference_symbol(spec: ModelSpec):
-    """The network the mxnet backend binds (float32 NCHW for onnxruntime: what tools/export_onnx.py exports)."""
-    import resnet
-
-    return resnet.build(spec.model, num_classes=spec.num_classes, image_shape=spec.image_shape, dtype=spec.dtype,
-                        input_dtype="float32", input_layout=spec.input_layout, device_type=spec.device,
-                        for_training=False)
-
-
-def batch_sizes(max_batch: int) -> list[int]:
-    """The sizes the mxnet backend can bind: ``max_batch`` and every power of two below it."""
-    return sorted({max_batch, *(1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch)})
-
-
-def bound_sizes(max_batch: int, largest: int) -> list[int]:
-    """The sizes bound when no batch has more than ``largest`` samples: ``max_batch`` (bound first), those up to
-    the first one not below ``largest`` (what the warm-up runs) and none above (never used)."""
-    sizes = batch_sizes(max_batch)
-    first = next(s for s in sizes if s >= largest)
-    return sorted({max_batch, *(s for s in sizes if s <= first)})
-
-
-def scenario_batch(scenario: str, max_batch: int, samples_per_query: int) -> int:
-    """The largest batch a scenario runs: SingleStream 1, MultiStream a query's samples (at most ``max_batch``),
-    Server and Offline ``max_batch``."""
-    return {"SingleStream": 1, "MultiStream": min(max_batch, samples_per_query)}.get(scenario, max_batch)
-
-
-@dataclass(frozen=True)
-class TestPlan:
-    """What LoadGen generates before the test starts (its ``GenerateQueries``, from the effective settings):
-    ``queries`` queries of ``per_query`` samples, ``queued`` samples of which may wait in the SUT's queue at once
-    (Offline: its one query; Server: every arrival, when the SUT falls behind). A performance test ends once
-    ``min_queries`` queries are done and ``min_duration_s`` has passed, or at ``max_duration_s`` (0: none)."""
-    scenario: str
-    accuracy: bool
-    queries: int
-    per_query: int
-    queued: int
-    min_queries: int
-    min_duration_s: float
-    max_duration_s: float = 0.0
-    qps: float = 0.0  # Server's target, Offline's expected (0 for the others)
-    latency_s: float = 0.0  # SingleStream's and MultiStream's expected latency (0 for the others)
-
-    @property
-    def samples(self) -> int:
-        return self.queries * self.per_query
-
-    @property
-    def loadgen_bytes(self) -> int:
-        """LoadGen's generated queries and this harness's queue, bytes."""
-        return self.queries * QUERY_BYTES + (self.samples - self.queries) * SAMPLE_BYTES + self.queued * QUEUED_BYTES
-
-
-def plan_test(settings, scenario: str, accuracy: bool, total: int, loaded: int) -> TestPlan:
-    """The ``TestPlan`` of ``settings`` (LoadGen's ``TestSettings``, after ``--user-conf``) over a QSL of ``total``
-    samples, ``loaded`` of which are loaded at a time."""
-    dur = settings.min_duration_ms / 1000
-    mqc = settings.min_query_count
-    spq = settings.multi_stream_samples_per_query if scenario == "MultiStream" else 1
-    qps = {"Server": settings.server_target_qps, "Offline": settings.offline_expected_qps}.get(scenario, 0.0)
-    common = {"scenario": scenario, "accuracy": accuracy, "min_queries": mqc, "min_duration_s": dur,
-              "max_duration_s": settings.max_duration_ms / 1000, "qps": qps}
-    if accuracy:  # every sample once, a loaded set after the other (Offline: one query a set)
-        if scenario == "Offline":
-            return TestPlan(queries=-(-total // loaded), per_query=loaded, queued=loaded, **common)
-        return TestPlan(queries=-(-total // spq), per_query=spq, queued=total if scenario == "Server" else 0,
-                        **common)
-    if scenario == "Offline":
-        n = max(mqc, int(OFFLINE_SLACK * dur * qps))
-        return TestPlan(queries=1, per_query=n, queued=n, **common)
-    if scenario == "Server":
-        n = max(mqc, math.ceil(dur * qps) + 1)
-        return TestPlan(queries=n, per_query=1, queued=n, **common)
-    latency_ns = settings.single_stream_expected_latency_ns if scenario == "SingleStream" else \
-        settings.multi_stream_expected_latency_ns
-    n = max(mqc, math.ceil(GENERATE_FACTOR * settings.min_duration_ms * 1e6 / latency_ns) + 1)
-    return TestPlan(queries=n, per_query=spq, queued=0, latency_s=latency_ns / 1e9, **common)
-
-
-def expected_seconds(plan: TestPlan, batch: int, batch_s: float) -> float:
-    """How long the test takes at the least when a batch of ``batch`` samples takes ``batch_s`` seconds: the queries
-    of SingleStream and MultiStream one after the other, each as batches of at most ``batch``; Server's arrivals at
-    ``plan.qps`` and its samples, like Offline's, at ``batch / batch_s`` a second."""
-    rate = batch / batch_s
-    if plan.scenario in ("SingleStream", "MultiStream"):
-        work = (plan.queries if plan.accuracy else plan.min_queries) * math.ceil(plan.per_query / batch) * batch_s
-        seconds = work if plan.accuracy else max(plan.min_duration_s, work)
-    elif plan.scenario == "Server":
-        seconds = max(plan.queries / max(plan.qps, 1e-9), plan.samples / rate)
-    else:
-        seconds = plan.samples / rate
-    if not plan.accuracy and plan.max_duration_s > 0:
-        seconds = min(seconds, plan.max_duration_s)
-    return seconds
-
-
-def far_beyond(plan: TestPlan, seconds: float) -> bool:
-    """A performance test of ``seconds`` far outlasts its minimum duration (accuracy runs take what they take)."""
-    dur = plan.min_duration_s
-    return not plan.accuracy and seconds > max(FAR_FACTOR * dur, dur + FAR_S)
-
-
-def plan_text(plan: TestPlan) -> str:
-    """``"2001 queries of 1 sample"``."""
-    return f"{plan.queries} quer{'y' if plan.queries == 1 else 'ies'} of {plan.per_query} " \
-        f"sample{'' if plan.per_query == 1 else 's'}"
-
-
-def duration_text(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def duration_warning(plan: TestPlan, seconds: float, batch: int, batch_s: float) -> str:
-    """The one warning line of a test that far outlasts ``--time``: what LoadGen plans, how long it takes, the flag
-    to lower and to about what."""
-    rate, dur = batch / batch_s, plan.min_duration_s
-    if plan.scenario == "Offline":
-        what = f"one query of {plan.per_query} samples"
-        fix = f"--count (min_query_count {plan.min_queries})" if plan.per_query == plan.min_queries else \
-            f"--qps {plan.qps:g} to about {rate:.3g} (Offline's expected QPS: what the SUT does)"
-    elif plan.scenario == "Server":
-        what = f"{plan.queries} queries at {plan.qps:g} a second"
-        fix = f"--qps {plan.qps:g} to about {rate:.3g} or less (a rate the SUT keeps up with)"
-    elif plan.scenario == "SingleStream":
-        what = f"{plan.min_queries} queries (min_query_count) one after the other"
-        fix = f"--count to about {max(1, int(dur / batch_s))}"
-    else:
-        what = f"{plan.min_queries} queries (min_query_count) of {plan.per_query} samples one after the other"
-        fix = f"--samples-per-query {plan.per_query} to about {max(1, int(dur * rate / plan.min_queries))} (or --count)"
-    return (f"{plan.scenario}: LoadGen plans {what}; at {rate:.3g} samples/s (a batch of {batch} timed here) the test "
-            f"takes about {duration_text(seconds)}, far beyond its minimum duration of {dur:g} s (--time); lower {fix}")
-
-
-@dataclass(frozen=True)
-class MemoryNeed:
-    """The host memory of a test but LoadGen's part, bytes: ``fixed`` (weights, runtimes, the harness), ``per_image``
-    for each image of a batch in flight, ``per_size`` for each batch size bound (mxnet), ``input_image`` for each
-    image of a batch waiting for the model (mxnet: the workers but one), ``sample`` for each loaded QSL sample."""
-    backend: str
-    scenario: str
-    samples_per_query: int
-    fixed: int
-    per_image: float
-    per_size: float
-    input_image: int
-    sample: int
-    model: str = "the model"
-
-    def batches(self, max_batch: int, threads: int) -> int:
-        """The part that depends on ``--max-batchsize`` and ``--threads``."""
-        if self.backend == "onnxruntime":  # the threads run their batches at once, each with its own activations
-            return math.ceil(threads * max_batch * self.per_image)
-        largest = scenario_batch(self.scenario, max_batch, self.samples_per_query)
-        return math.ceil(max_batch * self.per_image + len(bound_sizes(max_batch, largest)) * self.per_size
-                         + (threads - 1) * max_batch * self.input_image)
-
-
-def memory_need(spec: ModelSpec, cfg: LoadGenConfig, scenario: str, samples_per_query: int) -> MemoryNeed:
-    """``memory.estimate``'s scoring figures for the network (the planner binds it at two small batches; nothing is
-    computed), with this harness's parts. On a GPU the model's batch is checked against the GPU's free memory here
-    (``memory.check_batch``, naming ``--max-batchsize``); the host then holds the runtime and its batches' input."""
-    import memory
-
-    sym = inference_symbol(spec)
-    image = int(np.prod(spec.image_shape)) * 4  # float32, as the QSL holds it and the SUT feeds it
-    common = {"backend": spec.backend, "scenario": scenario, "samples_per_query": samples_per_query,
-              "input_image": image, "sample": image, "model": memory.model_name(sym)}
-    if spec.device == "gpu":
-        memory.check_batch(sym, spec.image_shape, cfg.max_batchsize, dtype=spec.dtype, training=False,
-                           device_type="gpu", input_layout=spec.input_layout, flag="--max-batchsize")
-        return MemoryNeed(fixed=memory.RUNTIME_BYTES + HARNESS_BYTES, per_image=2 * image, per_size=0, **common)
-    counts = memory.graph_counts(sym, spec.image_shape, dtype=spec.dtype, training=False,
-                                 input_layout=spec.input_layout)
-    est = memory.combine(counts, training=False)
-    if spec.backend == "onnxruntime":
-        return MemoryNeed(fixed=est.fixed_bytes + HARNESS_BYTES + ORT_SESSION_BYTES,
-                          per_image=ORT_ACTIVATIONS * est.per_image_bytes, per_size=0, **common)
-    return MemoryNeed(fixed=est.fixed_bytes + HARNESS_BYTES, per_image=est.per_image_bytes + MXNET_INPUTS * image,
-                      per_size=EXECUTOR_WEIGHTS * 4 * counts.param_count, **common)
-
-
-def check_fits(need: MemoryNeed, plan: TestPlan, cfg: LoadGenConfig, loaded: int, budget: int, avail: int,
-               source: str) -> int:
-    """The test's host memory, bytes, when it fits in ``budget``; else a one-line ``UsageError`` naming the flag of
-    the largest part that can shrink (the batches, the loaded samples, LoadGen's queries) and the largest value of
-    it that fits beside the others (``avail`` and ``source``: what the budget was reckoned from)."""
-    import memory
-
-    fmt = memory.format_bytes
-    b, th = cfg.max_batchsize, cfg.threads
-    batches, qsl, lg = need.batches(b, th), loaded * need.sample, plan.loadgen_bytes
-    total = need.fixed + batches + qsl + lg
-    if total <= budget:
-        return total
-    threads = f", {th} threads" if th > 1 else ""
-    parts = (f"{fmt(need.fixed)} for {need.model}'s weights, the runtimes and this harness, {fmt(batches)} for "
-             f"batches of {b} ({need.backend}{threads}), {fmt(qsl)} for {loaded} loaded samples, {fmt(lg)} for "
-             f"LoadGen's {plan_text(plan)}")
-    shrink = {"batch": batches - need.batches(1, 1), "qsl": qsl, "loadgen": lg}
-    culprit = max(shrink, key=shrink.get)
-    room = budget - total + (batches if culprit == "batch" else qsl if culprit == "qsl" else lg)
-    if culprit == "batch":
-        flag = f"--max-batchsize {b}" + (f" with --threads {th}" if th > 1 else "")
-        if need.batches(1, th) <= room:
-            low, high = 1, b  # fits at low, not at high
-            while high - low > 1:
-                mid = (low + high) // 2
-                low, high = (mid, high) if need.batches(mid, th) <= room else (low, mid)
-            fits = f"the largest --max-batchsize that fits{f' with --threads {th}' if th > 1 else ''} is about {low}"
-        elif th > 1 and need.batches(1, 1) <= room:
-            fits = "not even --max-batchsize 1 fits with so many threads; lower --threads"
-        else:
-            fits = "not even --max-batchsize 1 fits"
-    elif culprit == "qsl":
-        flag = f"--performance-sample-count {loaded}"
-        n = room // max(need.sample, 1)
-        fits = f"the largest --performance-sample-count that fits is about {n}" if n else "not even one sample fits"
-    else:
-        flag, fits = _loadgen_fit(plan, room)
-    raise UsageError(f"{flag}: the {plan.scenario} test needs about {fmt(total)} ({parts}); {fmt(avail)} are "
-                     f"available ({source}), {memory.MARGIN:.0%} of which is kept free; {fits}")
-
-
-def _loadgen_fit(plan: TestPlan, room: int) -> tuple[str, str]:
-    """(the flag and value that make LoadGen's part ``plan.loadgen_bytes``, what fits in ``room`` bytes)."""
-    dur = plan.min_duration_s
-    if plan.scenario == "Offline":
-        per_query = SAMPLE_BYTES + QUEUED_BYTES  # a sample, in effect: the query is one
-    elif plan.scenario == "Server":
-        per_query = QUERY_BYTES + QUEUED_BYTES
-    else:
-        per_query = QUERY_BYTES + (plan.per_query - 1) * SAMPLE_BYTES
-    n = max(int((room - QUERY_BYTES) // per_query) + 1, 0)  # queries (Offline: samples) that fit
-    have = plan.per_query if plan.scenario == "Offline" else plan.queries
-    if plan.accuracy or have <= plan.min_queries:  # min_query_count sets it
-        return f"--count {plan.min_queries}", f"the largest min_query_count (--count) that fits is about {n}"
-    if plan.scenario == "Offline":
-        qps = n / (OFFLINE_SLACK * dur)
-        return f"--qps {plan.qps:g}", (f"the largest --qps that fits is about {qps:.3g} (Offline's expected QPS: "
-                                       "what the SUT does)")
-    if plan.scenario == "Server":
-        return f"--qps {plan.qps:g}", f"the largest --qps that fits is about {max(n - 1, 0) / dur:.3g}"
-    return f"--expected-latency {plan.latency_s:g}", \
-        f"the smallest --expected-latency that fits is about {GENERATE_FACTOR * dur / max(n - 1, 1):.3g} s"
-
-
-def time_batch(backend, sample_shape: tuple, n: int, repeat: int = 2) -> float:
-    """Seconds a batch of ``n`` samples takes through ``backend.predict`` after its warm-up: the fastest of
-    ``repeat`` batches of zeros (what slows one down, other processes on the cores, does not speed the test up)."""
-    x = np.zeros((n, *sample_shape), np.float32)
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        backend.predict(x)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # One scenario in this process
 
 
@@ -1314,11 +578,10 @@ def run_scenario(cfg: LoadGenConfig, spec: ModelSpec, dcfg, scenario: str, out: 
 
     data.check_record_files(dcfg, want_train=False, progress=stop.check)  # every index entry and label
     qsl = SampleLibrary(dcfg, cfg.count)
-    backend = MXNetBackend(spec, dcfg, cfg.max_batchsize) if spec.backend == "mxnet" else \
-        OnnxBackend(spec, cfg.threads)
+    runtime = open_runtime(spec.backend, spec, dcfg, cfg.max_batchsize, cfg.threads)
     largest = scenario_batch(scenario, cfg.max_batchsize, settings.multi_stream_samples_per_query)
-    backend.warm_up(largest)
-    batch_s = time_batch(backend, sample_shape(dcfg), largest)
+    runtime.warm_up(largest)
+    batch_s = time_batch(runtime, sample_shape(dcfg), largest)
     seconds = expected_seconds(plan, largest, batch_s)
     stop.check()
     for name in (*LOADGEN_LOGS, SUMMARY):
@@ -1331,8 +594,8 @@ def run_scenario(cfg: LoadGenConfig, spec: ModelSpec, dcfg, scenario: str, out: 
              duration_text(seconds))
     if far_beyond(plan, seconds):
         log.warning(duration_warning(plan, seconds, largest, batch_s))
-    sut = SystemUnderTest(lg, backend, qsl, cfg.max_batchsize, cfg.threads)
-    backend.hook.armed = True
+    sut = SystemUnderTest(lg, runtime, qsl, cfg.max_batchsize, cfg.threads)
+    runtime.hook.armed = True
     finished, elapsed = _start_test(lg, sut, qsl, settings, out, len(qsl), perf_count, stop)
     summary = summarize(out, scenario, cfg, spec, qsl, perf_count, sut, stop, finished)
     summary["plan"] = {"queries": plan.queries, "samples_per_query": plan.per_query, "samples": plan.samples,
@@ -1435,7 +698,7 @@ def summarize(out: Path, scenario: str, cfg: LoadGenConfig, spec: ModelSpec, qsl
     if cfg.accuracy and finished and (out / LOADGEN_LOGS[2]).is_file():
         summary["accuracy"] = accuracy(out / LOADGEN_LOGS[2], qsl.labels)
     summary["samples"] = {"issued": sut.issued, "answered": sut.answered, "empty": sut.empty}
-    summary["model"] = {**spec.describe(), **sut.backend.describe(), "max_batchsize": cfg.max_batchsize,
+    summary["model"] = {**spec.describe(), **sut.runtime.describe(), "max_batchsize": cfg.max_batchsize,
                         "threads": cfg.threads}
     summary["qsl"] = {"total": len(qsl), "performance": perf_count, "data_val": str(qsl.cfg.data_val),
                       "data_val_resize": qsl.cfg.data_val_resize}
@@ -1525,7 +788,7 @@ def child_command(argv: Sequence[str], scenario: str, out: Path) -> list[str]:
 # Command line
 
 
-def visible_gpus(assume: int | None) -> int:
+def gpu_count(assume: int | None) -> int:
     """GPUs MXNet can use here (a CPU build: 0, without loading MXNet), or ``--assume-gpus``."""
     if assume is not None:
         return assume
@@ -1592,14 +855,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: list[str], stop: Children) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    setup_logging()
     from common import config_from
 
     cfg = config_from(LoadGenConfig, args)
     scenarios = cfg.scenarios
     if args.assume_gpus is not None and (not args.dry_run or args.assume_gpus < 0):
         raise UsageError(f"--assume-gpus {args.assume_gpus}: only with --dry-run, and at least 0")
-    gpus = visible_gpus(args.assume_gpus)
+    gpus = gpu_count(args.assume_gpus)
     spec = model_spec(args, gpus)
     if args.dry_run:
         warn_audit_config()

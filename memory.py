@@ -475,9 +475,7 @@ def check_batch(sym, image_shape, batch: int, *, dtype: str, training: bool, num
     runtime) counts as available."""
     est = estimate(sym, image_shape, dtype=dtype, training=training, num_devices=num_devices,
                    input_layout=input_layout, device_type=device_type)
-    avail, source = available_bytes(device_type, device_id)
-    held = min(_resident_bytes(), est.runtime_bytes) if device_type == "cpu" else 0
-    budget = int((avail + held) * (1 - MARGIN))
+    budget, avail, source = _budget(device_type, device_id, est.runtime_bytes)
     if est.total(batch) <= budget:
         return est
     raise UsageError(refusal(est, batch, avail, source, budget, model=model_name(sym),
@@ -490,8 +488,14 @@ def cpu_budget(runtime_bytes: int = RUNTIME_BYTES) -> tuple[int, int, str]:
     a CPU batch: what is available plus the part of ``runtime_bytes`` this process already holds, less ``MARGIN``.
     For callers that add needs of their own to an ``Estimate`` (loadgen.py: its sample library and LoadGen's
     queries)."""
-    avail, source = available_bytes("cpu")
-    held = min(_resident_bytes(), runtime_bytes)
+    return _budget("cpu", 0, runtime_bytes)
+
+
+def _budget(device_type: str, device_id: int, runtime_bytes: int) -> tuple[int, int, str]:
+    """(bytes a run may use, bytes available, where that number came from): what is available, plus on CPU the part
+    of ``runtime_bytes`` this process already holds, less ``MARGIN``."""
+    avail, source = available_bytes(device_type, device_id)
+    held = min(_resident_bytes(), runtime_bytes) if device_type == "cpu" else 0
     return int((avail + held) * (1 - MARGIN)), avail, source
 
 

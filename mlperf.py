@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import UsageError, finite_float, path_arg
+from common import EXIT_ABORTED, UsageError, finite_float, path_arg
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +369,28 @@ class MLPerfRun:
         else:
             tmp.unlink(missing_ok=True)
 
+    # what the loop asks of MLPerf mode ------------------------------------------------------------------------
+
+    on = True  # the clock starts after a warm-up, and the data pipelines are built on it
+
+    def record(self, report) -> None:
+        report.set_mlperf(self.summary())
+
+    def abort(self, report) -> None:
+        """The run ends before the target (a signal, a fault, the loss diverged): ``run_stop`` aborted, once."""
+        self.run_stop("aborted")
+        self.record(report)
+
+    def finished(self, report, num_epochs: int) -> int | None:
+        """The epochs ran out before an evaluation reached the target: ``run_stop`` aborted, the report, one line;
+        the exit status (6)."""
+        self.abort(report)
+        report.save("aborted")
+        best = "no evaluation" if self.best is None else f"best top-1 {self.best:.4f}"
+        log.error("MLPerf: the %d epochs ran out before an evaluation reached the target %g (%s); run_stop status "
+                  "aborted", num_epochs, self.cfg.target, best)
+        return EXIT_ABORTED
+
     def summary(self) -> dict:
         """For the report: the clock, the time to target, the epoch that reached it, the status."""
         out = {"status": self.status, "target_accuracy": self.cfg.target, "target_epoch": self.target_epoch,
@@ -383,3 +405,48 @@ class MLPerfRun:
             if self.status == "success":
                 out["time_to_target_s"] = self.times["run_stop"] - self.times["run_start"]
         return out
+
+
+class Off:
+    """MLPerf mode off, with the interface of ``MLPerfRun``: no log, no clock, every epoch may be evaluated, no
+    target; the loop calls it as it calls an MLPerf run."""
+
+    on = False
+    status = "off"
+
+    def init_done(self) -> None:
+        pass
+
+    def data_ready(self, train_samples: int, eval_samples: int) -> None:
+        pass
+
+    def evaluates(self, epoch: int) -> bool:
+        return True
+
+    def epoch_start(self, epoch: int) -> None:
+        pass
+
+    def epoch_stop(self, epoch: int) -> None:
+        pass
+
+    def eval_start(self, epoch: int) -> None:
+        pass
+
+    def eval_stop(self, epoch: int, top1: float) -> bool:
+        return False
+
+    def run_stop(self, status: str) -> None:
+        pass
+
+    def record(self, report) -> None:
+        pass
+
+    def abort(self, report) -> None:
+        pass
+
+    def finished(self, report, num_epochs: int) -> int | None:
+        """The epochs ran out: the run is complete (None: the loop goes on to finish it)."""
+        return None
+
+    def close(self) -> None:
+        pass

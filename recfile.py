@@ -17,8 +17,9 @@ the next entry starts (the last one at the end of the file), every record must c
 every JPEG's markers up to the start of its scan (what a decoder needs before it can produce any pixel; a record that
 fails there is what kills MXNet's ``ImageRecordIter`` with SIGFPE), and ``decode=True`` decodes every image
 strictly (``DecodeChecker``: a JPEG without its end marker, or one whose decoder reports corrupt data, fails). The
-first checks read 40 bytes per record through a memory map, vectorized: 2.3-3.5 s for ImageNet's 1.28 million
-records once they are in the page cache (2 cores of an AMD EPYC), about 15 s with the JPEG headers.
+first checks read 40 bytes per record through a memory map, vectorized (65536 records at a time): 2.3-3.5 s for
+ImageNet's 1.28 million records once they are in the page cache (2 cores of an AMD EPYC), about 15 s with the JPEG
+headers.
 
 ``DecodeChecker`` is the one decode check of the toolkit: ``tools/check_rec.py --decode`` and
 ``tools/prepare_dataset.py --verify`` both use it, so they pass and fail the same images with the same words.
@@ -476,7 +477,8 @@ def scan(rec_path: os.PathLike | str, idx_path: os.PathLike | str, *, num_classe
          progress: Callable[[int], None] | None = None, workers: int = 1) -> ScanReport:
     """Check every entry of ``idx_path`` against ``rec_path`` (see the module docstring); ``decode`` runs
     ``DecodeChecker`` with ``workers`` processes. An unreadable or malformed index raises ValueError; everything found
-    in the records is listed in the report."""
+    in the records is listed in the report, step by step: the index entries (``_check_index``), the records in one
+    part (``_check_single``), the split ones (``_check_split``), then the images of the records in one part."""
     keys, offsets = _parse_index(Path(idx_path).read_bytes())
     if progress is not None:
         progress(0)
@@ -493,106 +495,172 @@ def scan(rec_path: os.PathLike | str, idx_path: os.PathLike | str, *, num_classe
             out.problems.append(Problem(int(i), int(keys[i]), int(offsets[i]), kind, what))
 
     with open(rec_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        buf = np.frombuffer(mm, dtype=np.uint8)
-        n = len(keys)
-        ends = np.append(offsets[1:], size)  # where each record must end: the next entry, or the end of the file
-        order_bad = np.zeros(n, bool)
-        order_bad[1:] = offsets[1:] <= offsets[:-1]
-        inside = (offsets + 8 <= size) & ~order_bad
-        head = np.zeros((n, 40), np.uint8)  # record header (8), IRHeader (24), first 8 image bytes
-        take = np.minimum(offsets[inside, None] + np.arange(40), size - 1)
-        head[inside] = buf[take]
-        words = head[:, :8].copy().view("<u4")
-        magic, lrec = words[:, 0], words[:, 1]
-        cflag, length = lrec >> 29, (lrec & _LREC_MAX).astype(np.int64)
-        whole_end = offsets + 8 + length + (-length % 4)
-        ir = head[:, 8:32].copy()
-        flag = ir[:, :4].copy().view("<u4")[:, 0]
-        label = ir[:, 4:8].copy().view("<f4")[:, 0]
-        slow = []  # split records: follow their parts one by one
-        for i in np.flatnonzero(~inside | (magic != MAGIC) | (cflag != 0) | (whole_end != ends)):
-            if order_bad[i]:
-                add(i, "index", f"its offset is not after the previous entry's ({offsets[i - 1]}); the .idx must "
-                                "list records in file order")
-            elif not inside[i]:
-                add(i, "index", f"offset {offsets[i]} is past the end of the .rec ({size} bytes)")
-            elif magic[i] != MAGIC:
-                add(i, "index", "no record starts there (no RecordIO magic)")
-            elif cflag[i] in (2, 3):
-                add(i, "index", "it points into the middle of a split record")
-            elif cflag[i] == 1:
-                slow.append(i)
-            elif whole_end[i] > size:
-                add(i, "index", f"the record runs past the end of the .rec ({whole_end[i]} > {size} bytes)")
-            else:
-                add(i, "index", f"the record ends at byte {whole_end[i]}, but the next entry starts at {ends[i]}")
-        good = np.ones(n, bool)
-        good[[p.record for p in out.problems if p.kind == "index"]] = False
-        good[slow] = False
-        short = good & (length < IR_HEADER_SIZE)
-        for i in np.flatnonzero(short):
-            add(i, "image", f"the record has {length[i]} bytes, fewer than its {IR_HEADER_SIZE}-byte header")
-        single = good & ~short  # single-part records: IRHeader and signature come from the vectorized read
-        _check_labels(single, flag, label, num_classes, add)
-        labelled = single.copy()  # records whose label was read: these, and the split ones read below
-        empty = single & (length == IR_HEADER_SIZE)
-        for i in np.flatnonzero(empty):
-            add(i, "image", "the record holds no image bytes")
-        images = single & ~empty
-        jpeg = images & (head[:, 32] == 0xFF) & (head[:, 33] == 0xD8) & (head[:, 34] == 0xFF)
-        deep = headers or decode
+        heads = _Heads.read(mm, offsets, size)
+        one_part, split = _check_index(heads, add)
+        single, images = _check_single(heads, one_part, num_classes, add)
         with open(rec_path, "rb") as rf, _Decoding(decode, workers, add) as decoding:
-            for i in slow:
-                try:
-                    payload, end = read_record_at(rf, int(offsets[i]))
-                except ValueError as err:
-                    add(i, "index", str(err))
-                    continue
-                if end != ends[i]:
-                    add(i, "index", f"the record ends at byte {end}, but the next entry starts at {ends[i]}")
-                    continue
-                if len(payload) < IR_HEADER_SIZE:
-                    add(i, "image", f"the record has {len(payload)} bytes, fewer than its header")
-                    continue
-                fl, lb, _, _ = _IR_HEADER.unpack_from(payload)
-                label[i] = lb
-                labelled[i] = True
-                one = np.zeros(n, bool)
-                one[i] = True
-                _check_labels(one, np.full(n, fl, np.uint32), np.full(n, lb, np.float32), num_classes, add)
-                decoding.put(i, payload[IR_HEADER_SIZE:], headers)
-            todo = np.flatnonzero(images if deep else images & ~jpeg)  # the signature of a JPEG is known already
-            for done, i in enumerate(todo):
-                start = int(offsets[i]) + 8 + IR_HEADER_SIZE
-                stop = start + int(length[i]) - IR_HEADER_SIZE
-                # JPEG headers are a few hundred bytes (more with EXIF or ICC data): read 4 KiB, the rest if needed
-                limit = stop if decode else min(stop, start + (4096 if headers else 12))
-                decoding.put(i, mm[start:limit], headers,
-                             whole=None if limit == stop else lambda a=start, b=stop: mm[a:b])
-                if progress is not None and done % 4096 == 0:
-                    progress(done)
-        del buf
-    values = label[labelled]
+            split_labels = _check_split(rf, heads, split, num_classes, headers, decoding, add)
+            # without a deeper check a JPEG's image is done: its signature came with its head
+            todo = np.flatnonzero(images if headers or decode else images & ~heads.jpeg)
+            _check_images(mm, heads, todo, headers, decode, decoding, progress)
+    values = np.concatenate([heads.label[single], np.array(split_labels, np.float32)])
     if len(values):
         out.labels = (float(values.min()), float(values.max()))
     return out
 
 
+_HEAD_BYTES = np.arange(40)  # of a record: its header (8), the IRHeader (24), the image's first 8 bytes
+_HEAD_CHUNK = 1 << 16  # records per vectorized read (the gather's index array: 21 MB)
+
+
+@dataclass(frozen=True)
+class _Heads:
+    """The head of every record, one array per field, read through the memory map ``_HEAD_CHUNK`` records at a
+    time (zeros for an entry that does not lie in the file or does not come after the one before it)."""
+    offsets: np.ndarray  # of each entry
+    ends: np.ndarray  # where each record must end: the next entry, or the end of the file
+    size: int  # of the .rec
+    order_bad: np.ndarray  # the entry does not come after the one before it
+    inside: np.ndarray  # the entry's record header lies in the file (and its order is right)
+    magic: np.ndarray
+    cflag: np.ndarray
+    length: np.ndarray  # of the first part (int64)
+    whole_end: np.ndarray  # where the record ends if it is in one part
+    flag: np.ndarray  # IRHeader: 0 for a single label, in ``label``
+    label: np.ndarray
+    jpeg: np.ndarray  # the image starts with a JPEG's signature
+
+    @classmethod
+    def read(cls, mm: mmap.mmap, offsets: np.ndarray, size: int) -> "_Heads":
+        n = len(offsets)
+        order_bad = np.zeros(n, bool)
+        order_bad[1:] = offsets[1:] <= offsets[:-1]
+        inside = (offsets + 8 <= size) & ~order_bad
+        words = np.zeros((n, 4), "<u4")  # magic, lrec, flag, the label's bits
+        jpeg = np.zeros(n, bool)
+        buf = np.frombuffer(mm, dtype=np.uint8)
+        try:
+            rows = np.flatnonzero(inside)
+            for start in range(0, len(rows), _HEAD_CHUNK):
+                at = rows[start:start + _HEAD_CHUNK]
+                head = buf[np.minimum(offsets[at, None] + _HEAD_BYTES, size - 1)]
+                words[at] = head[:, :16].copy().view("<u4")
+                jpeg[at] = (head[:, 32] == 0xFF) & (head[:, 33] == 0xD8) & (head[:, 34] == 0xFF)
+        finally:
+            del buf  # the memory map cannot close while an array holds it
+        length = (words[:, 1] & _LREC_MAX).astype(np.int64)
+        return cls(offsets, np.append(offsets[1:], size), size, order_bad, inside, words[:, 0], words[:, 1] >> 29,
+                   length, offsets + 8 + length + (-length % 4), words[:, 2], words[:, 3].view("<f4"), jpeg)
+
+
+def _check_index(h: _Heads, add) -> tuple[np.ndarray, np.ndarray]:
+    """``index`` problems, from the heads alone: entries that do not point at a record ending where the next entry
+    starts. Returns (mask of the records in one part that end right, numbers of the split records to follow)."""
+    one_part = np.ones(len(h.offsets), bool)
+    split = []
+    for i in np.flatnonzero(~h.inside | (h.magic != MAGIC) | (h.cflag != 0) | (h.whole_end != h.ends)):
+        one_part[i] = False
+        what = _index_problem(h, i)
+        if what is None:
+            split.append(i)
+        else:
+            add(i, "index", what)
+    return one_part, np.array(split, np.int64)
+
+
+def _index_problem(h: _Heads, i: int) -> str | None:
+    """What is wrong with entry ``i`` by its head, or None: it starts a split record."""
+    if h.order_bad[i]:
+        return f"its offset is not after the previous entry's ({h.offsets[i - 1]}); the .idx must list records in " \
+               "file order"
+    if not h.inside[i]:
+        return f"offset {h.offsets[i]} is past the end of the .rec ({h.size} bytes)"
+    if h.magic[i] != MAGIC:
+        return "no record starts there (no RecordIO magic)"
+    if h.cflag[i] in (2, 3):
+        return "it points into the middle of a split record"
+    if h.cflag[i] == 1:
+        return None
+    if h.whole_end[i] > h.size:
+        return f"the record runs past the end of the .rec ({h.whole_end[i]} > {h.size} bytes)"
+    return f"the record ends at byte {h.whole_end[i]}, but the next entry starts at {h.ends[i]}"
+
+
+def _check_single(h: _Heads, one_part: np.ndarray, num_classes: int | None, add) -> tuple[np.ndarray, np.ndarray]:
+    """Records in one part, vectorized: too short for their IRHeader, label problems, no image bytes. Returns the
+    masks (records whose label was read, records with image bytes)."""
+    short = one_part & (h.length < IR_HEADER_SIZE)
+    for i in np.flatnonzero(short):
+        add(i, "image", f"the record has {h.length[i]} bytes, fewer than its {IR_HEADER_SIZE}-byte header")
+    single = one_part & ~short
+    _check_labels(single, h.flag, h.label, num_classes, add)
+    empty = single & (h.length == IR_HEADER_SIZE)
+    for i in np.flatnonzero(empty):
+        add(i, "image", "the record holds no image bytes")
+    return single, single & ~empty
+
+
+def _check_split(rf: BinaryIO, h: _Heads, split: np.ndarray, num_classes: int | None, headers: bool,
+                 decoding: "_Decoding", add) -> list[float]:
+    """Split records, followed part by part: where each ends, its label and its image. Returns the labels read."""
+    labels = []
+    for i in split:
+        try:
+            payload, end = read_record_at(rf, int(h.offsets[i]))
+        except ValueError as err:
+            add(i, "index", str(err))
+            continue
+        if end != h.ends[i]:
+            add(i, "index", f"the record ends at byte {end}, but the next entry starts at {h.ends[i]}")
+            continue
+        if len(payload) < IR_HEADER_SIZE:
+            add(i, "image", f"the record has {len(payload)} bytes, fewer than its header")
+            continue
+        flag, label, _, _ = _IR_HEADER.unpack_from(payload)
+        labels.append(label)
+        if (what := _label_problem(flag, label, num_classes)) is not None:
+            add(i, "label", what)
+        decoding.put(i, payload[IR_HEADER_SIZE:], headers)
+    return labels
+
+
+def _check_images(mm: mmap.mmap, h: _Heads, todo: np.ndarray, headers: bool, decode: bool, decoding: "_Decoding",
+                  progress: Callable[[int], None] | None) -> None:
+    """The images of the records ``todo`` (in one part): all their bytes when decoding, else the first 12 (4 KiB
+    with ``headers``: a JPEG's headers are a few hundred bytes, more with EXIF or ICC data; the rest if needed)."""
+    for done, i in enumerate(todo):
+        start = int(h.offsets[i]) + 8 + IR_HEADER_SIZE
+        stop = start + int(h.length[i]) - IR_HEADER_SIZE
+        limit = stop if decode else min(stop, start + (4096 if headers else 12))
+        decoding.put(i, mm[start:limit], headers, whole=None if limit == stop else lambda a=start, b=stop: mm[a:b])
+        if progress is not None and done % 4096 == 0:
+            progress(done)
+
+
 def _check_labels(mask, flag, label, num_classes, add) -> None:
-    """Problems of the records in ``mask`` (vectorized; a loop only over the bad ones)."""
+    """The label problems of the records in ``mask``, found vectorized (a loop only over the bad ones) and listed
+    kind by kind."""
     multi = mask & (flag != 0)
     with np.errstate(invalid="ignore"):
         not_class = mask & ~multi & (~np.isfinite(label) | (label != np.round(label)))
         outside = mask & ~multi & ~not_class & (label < 0)
         if num_classes is not None:
             outside |= mask & ~multi & ~not_class & (label >= num_classes)
-    for i in np.flatnonzero(multi):
-        add(i, "label", f"it has {int(flag[i])} labels; the toolkit reads single-label records")
-    for i in np.flatnonzero(not_class):
-        add(i, "label", f"label {float(label[i])!r} is not a class number")
-    for i in np.flatnonzero(outside):
-        add(i, "label", f"label {int(label[i])} is outside [0, {num_classes})" if num_classes is not None
-            else f"label {int(label[i])} is negative")
+    for bad in (multi, not_class, outside):
+        for i in np.flatnonzero(bad):
+            add(i, "label", _label_problem(flag[i], label[i], num_classes))
+
+
+def _label_problem(flag: int, label: float, num_classes: int | None) -> str | None:
+    """What is wrong with one record's IRHeader ``flag`` (its number of labels) and ``label``, or None."""
+    if flag != 0:
+        return f"it has {int(flag)} labels; the toolkit reads single-label records"
+    if not float(label).is_integer():
+        return f"label {float(label)!r} is not a class number"
+    if label < 0 or (num_classes is not None and label >= num_classes):
+        return f"label {int(label)} is outside [0, {num_classes})" if num_classes is not None \
+            else f"label {int(label)} is negative"
+    return None
 
 
 def _image_problem(image: bytes, headers: bool, whole=None) -> str | None:

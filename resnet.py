@@ -243,6 +243,13 @@ def get_symbol(num_classes: int = 1000, num_layers: int = 50, image_shape=(3, 22
     return mx.sym.SoftmaxOutput(x, name="softmax", smooth_alpha=label_smoothing, grad_scale=loss_scale)
 
 
+def identity(m: ModelConfig, num_classes: int, image_shape, dtype: str) -> dict:
+    """The model a checkpoint belongs to, as its manifest records it (``checkpoint.MODEL_FLAGS`` names the flag of
+    each field): depth, version, classes, input channels, dtype."""
+    return {"num_layers": m.num_layers, "resnet_version": m.resnet_version, "num_classes": num_classes,
+            "image_channels": image_shape[0] if image_shape else None, "dtype": dtype}
+
+
 def build(m: ModelConfig, *, num_classes: int, image_shape, dtype: str, input_dtype: str, input_layout: str,
           label_smoothing: float = 0.0, device_type: str = "cpu", for_training: bool = True,
           loss_scale: float = 1.0) -> mx.sym.Symbol:

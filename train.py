@@ -40,6 +40,7 @@ _STOP = prepare_process() if __name__ == "__main__" else None
 import contextlib  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import mxnet as mx  # noqa: E402
@@ -53,9 +54,9 @@ import fit  # noqa: E402
 import memory  # noqa: E402
 import mlperf  # noqa: E402
 import resnet  # noqa: E402
-from common import (BF16_NEEDS_CPU, FP16_NEEDS_GPU, DataError, OutputError, Parser, StopFlag,  # noqa: E402
-                    Stopped, UsageError, available_cores, check_bf16_cpu, check_writable, config_from, cpu_model,
-                    enable_amx, num_gpus, run_main)
+from common import (DataError, OutputError, Parser, StopFlag, Stopped, UsageError, available_cores,  # noqa: E402
+                    check_dtype, check_writable, config_from, cpu_model, enable_amx, num_gpus, run_main,
+                    setup_logging)
 from datatypes import batch_descs  # noqa: E402
 from report import Report  # noqa: E402
 
@@ -95,13 +96,7 @@ def resolve_contexts(gpus_flag: str | None, cpu_devices: int | None) -> list:
 
 
 def check_precision(dtype: str, batch_size: int, contexts) -> None:
-    kind = contexts[0].device_type
-    if dtype == "float16" and kind == "cpu":
-        raise UsageError(FP16_NEEDS_GPU)
-    if dtype == "bfloat16":
-        if kind != "cpu":
-            raise UsageError(BF16_NEEDS_CPU)
-        check_bf16_cpu()
+    check_dtype(dtype, contexts[0].device_type)
     if batch_size < len(contexts) or batch_size % len(contexts):
         raise UsageError(f"--batch-size {batch_size}: the global batch must be a multiple of the "
                          f"{len(contexts)} devices (at least one image per device)")
@@ -133,87 +128,126 @@ def jsonable(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    setup_logging()
     enable_amx()  # no-op unless bfloat16 on an AMX CPU; for in-process callers that skipped prepare_process
     with contextlib.ExitStack() as stack:
         stop = _STOP or stack.enter_context(StopFlag("train.py"))
         return run(args, stop)
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """The run-level flags, train.py's own: precision, this process's devices, the report, how the job's
+    gradients travel, the seed (drawn in MLPerf mode)."""
+    dtype: str = "float32"
+    gpus: str | None = None
+    cpu_devices: int | None = None
+    report: Path | None = None
+    kv_store: str = "device"
+    seed: int | None = None
+
+
 def run(args, stop: StopFlag) -> int:
     mlcfg = config_from(mlperf.MLPerfConfig, args)
-    kv, rank, num_workers = None, 0, 1
-    if args.kv_store.startswith("dist") or args.kv_store == "horovod":
-        if not dist.in_worker():
-            raise UsageError(f"--kv-store {args.kv_store}: a distributed job is started by the runner: "
-                             "./runner --workers W ...")
-        if mlcfg.mlperf:
-            raise UsageError("--mlperf runs in one process; it does not take --workers yet")
-        if args.kv_store == "horovod" and (args.data_backend or "dali").startswith("dali"):
-            dali.preload()  # before Horovod's libraries, or DALI's first pipeline aborts the process
-        kv = dist.create_kvstore(args.kv_store)  # waits for the whole job; the rank comes from the scheduler
-        rank, num_workers = kv.rank, kv.num_workers
-        dist.label_logs(rank)
-        if kv.type == "horovod":  # one device per process: this host's local_rank-th GPU
-            if args.gpus:
-                gpus = [g for g in args.gpus.split(",") if g.strip()]
-                if kv.local_rank >= len(gpus):
-                    raise UsageError(f"--gpus {args.gpus}: no GPU for local rank {kv.local_rank}")
-                args.gpus = gpus[kv.local_rank]
-            elif (args.cpu_devices or 1) != 1:
-                raise UsageError("--kv-store horovod: one device per process (the runner starts one process per "
-                                 "device)")
-        if rank != 0:  # rank 0 writes the checkpoints and the report
-            args.report = None
-    contexts = resolve_contexts(args.gpus, args.cpu_devices)
-    device_type = contexts[0].device_type
-    check_precision(args.dtype, args.batch_size, contexts)
-    if mlcfg.mlperf and args.seed is None:  # MLPerf logs one seed per run, a different one in every run
-        args.seed = int.from_bytes(os.urandom(4), "little") % (2 ** 31 - 1) + 1
-    mcfg = config_from(resnet.ModelConfig, args)
-    model = {"num_layers": mcfg.num_layers, "resnet_version": mcfg.resnet_version, "num_classes": args.num_classes,
-             "image_channels": args.image_shape[0] if args.image_shape else None, "dtype": args.dtype}
-    fcfg = config_from(fit.FitConfig, args, model=model,
-                       optimizer=args.optimizer or ("lars" if mlcfg.mlperf else "sgd"),
-                       lr_schedule=args.lr_schedule or ("poly" if mlcfg.mlperf else "multistep"))
-    dcfg = data.resolve(config_from(data.DataConfig, args, batch_size=args.batch_size, dtype=args.dtype,
-                                    seed=args.seed, dali=config_from(dali.DaliConfig, args)),
-                        have_gpu=device_type == "gpu")
+    job = join_job(args, mlcfg.mlperf)
+    seed = args.seed
+    if mlcfg.mlperf and seed is None:  # MLPerf logs one seed per run, a different one in every run
+        seed = args.seed = int.from_bytes(os.urandom(4), "little") % (2 ** 31 - 1) + 1
+    rcfg = config_from(RunConfig, args, report=args.report if job.rank == 0 else None, gpus=job_gpus(args, job),
+                       seed=seed)
+    contexts = resolve_contexts(rcfg.gpus, rcfg.cpu_devices)
+    check_precision(rcfg.dtype, args.batch_size, contexts)
+    mcfg, fcfg, dcfg = build_configs(args, rcfg, mlcfg.mlperf, contexts[0].device_type)
     recipe = check_mlperf(mlcfg, fcfg, dcfg, args) if mlcfg.mlperf else None
-    if args.data_train and dcfg.data_val is None and not (fcfg.no_val or fcfg.only_inference):
-        log.warning("--data-train without --data-val (or --data-root with val.rec): this run validates nothing; give "
-                    "--data-val, or --no-val to say so")
-    check_outputs(fcfg, args.report)
-    if mlcfg.mlperf_log is not None:
-        check_writable(mlcfg.mlperf_log, "--mlperf-log")
-    resume = None
-    if fcfg.only_inference and fcfg.load_epoch is not None:
-        resume = checkpoint.for_scoring(fcfg.model_prefix, fcfg.load_epoch, model)
-    elif fcfg.load_epoch is not None or fcfg.resume:
-        resume = checkpoint.for_resume(fcfg.model_prefix, fcfg.load_epoch, model)
-        if resume is None:
-            log.info("--resume: no checkpoint under %s yet; starting afresh", fcfg.model_prefix)
-    report = Report(args.report, num_layers=mcfg.num_layers, device_type=device_type,
-                    device_names=[str(c) for c in contexts], dtype=args.dtype, global_batch_size=args.batch_size,
+    check_inputs_and_outputs(args, rcfg, mlcfg, fcfg, dcfg)
+    resume = find_checkpoint(fcfg)
+    report = Report(rcfg.report, num_layers=mcfg.num_layers, device_type=contexts[0].device_type,
+                    device_names=[str(c) for c in contexts], dtype=rcfg.dtype, global_batch_size=args.batch_size,
                     config=jsonable(args))
-    ml = None
+    ml = mlperf.Off()
     if recipe is not None:  # the clock's init_start: from here on every exit writes run_stop or no log at all
-        ml = mlperf.MLPerfRun(mlcfg, args.seed, f"{len(contexts)}x{device_label(device_type)}")
+        ml = mlperf.MLPerfRun(mlcfg, rcfg.seed, f"{len(contexts)}x{device_label(contexts[0].device_type)}")
         ml.begin()
         ml.hyperparameters(recipe)
-    if kv is not None:
-        report.set_dist(num_workers, int(os.environ.get("DMLC_NUM_SERVER", "0")), args.kv_store)
+    if job.num_workers > 1:
+        report.set_dist(job.num_workers, int(os.environ.get("DMLC_NUM_SERVER", "0")), rcfg.kv_store)
     try:
-        return _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml, kv)
+        return _train(fcfg, mcfg, dcfg, rcfg, contexts, report, stop, resume, ml, job)
     except (DataError, OutputError) as err:
         try:
             report.save("failed", str(err))
         except OutputError:
-            log.warning("the report could not be updated either (%s)", args.report)
+            log.warning("the report could not be updated either (%s)", rcfg.report)
         raise
     finally:
-        if ml is not None:
-            ml.close()
+        ml.close()
+
+
+def join_job(args, mlperf_mode: bool):
+    """This process's job: ``dist.Solo``, or, with a distributed ``--kv-store`` inside a job the runner started,
+    ``dist.Workers`` once the whole job has registered (the rank comes from the scheduler)."""
+    if not (args.kv_store.startswith("dist") or args.kv_store == "horovod"):
+        return dist.Solo()
+    if not dist.in_worker():
+        raise UsageError(f"--kv-store {args.kv_store}: a distributed job is started by the runner: "
+                         "./runner --workers W ...")
+    if mlperf_mode:
+        raise UsageError("--mlperf runs in one process; it does not take --workers yet")
+    if args.kv_store == "horovod" and (args.data_backend or "dali").startswith("dali"):
+        dali.preload()  # before Horovod's libraries, or DALI's first pipeline aborts the process
+    kv = dist.create_kvstore(args.kv_store)  # waits for the whole job
+    dist.label_logs(kv.rank)
+    return dist.Workers(kv)
+
+
+def job_gpus(args, job) -> str | None:
+    """``--gpus`` for this process: a Horovod process takes the GPU of its local rank (one device per process)."""
+    if job.type != "horovod":
+        return args.gpus
+    if args.gpus:
+        gpus = [g for g in args.gpus.split(",") if g.strip()]
+        if job.kv.local_rank >= len(gpus):
+            raise UsageError(f"--gpus {args.gpus}: no GPU for local rank {job.kv.local_rank}")
+        return gpus[job.kv.local_rank]
+    if (args.cpu_devices or 1) != 1:
+        raise UsageError("--kv-store horovod: one device per process (the runner starts one process per device)")
+    return None
+
+
+def build_configs(args, rcfg: RunConfig, mlperf_mode: bool, device_type: str):
+    """(model, fit, data) configs from the flags (MLPerf mode's optimizer and schedule by default)."""
+    mcfg = config_from(resnet.ModelConfig, args)
+    model = resnet.identity(mcfg, args.num_classes, args.image_shape, rcfg.dtype)
+    fcfg = config_from(fit.FitConfig, args, model=model, seed=rcfg.seed,
+                       optimizer=args.optimizer or ("lars" if mlperf_mode else "sgd"),
+                       lr_schedule=args.lr_schedule or ("poly" if mlperf_mode else "multistep"))
+    dcfg = data.resolve(config_from(data.DataConfig, args, batch_size=args.batch_size, dtype=rcfg.dtype,
+                                    seed=rcfg.seed, dali=config_from(dali.DaliConfig, args)),
+                        have_gpu=device_type == "gpu")
+    return mcfg, fcfg, dcfg
+
+
+def check_inputs_and_outputs(args, rcfg: RunConfig, mlcfg, fcfg, dcfg) -> None:
+    """What can be checked of the data set and the outputs before any work (the start-up check of every record
+    comes with the pipelines)."""
+    if args.data_train and dcfg.data_val is None and not (fcfg.no_val or fcfg.only_inference):
+        log.warning("--data-train without --data-val (or --data-root with val.rec): this run validates nothing; give "
+                    "--data-val, or --no-val to say so")
+    check_outputs(fcfg, rcfg.report)
+    if mlcfg.mlperf_log is not None:
+        check_writable(mlcfg.mlperf_log, "--mlperf-log")
+
+
+def find_checkpoint(fcfg):
+    """The checkpoint to score (``--only-inference --load-epoch``) or to resume from, or None."""
+    if fcfg.only_inference and fcfg.load_epoch is not None:
+        return checkpoint.for_scoring(fcfg.model_prefix, fcfg.load_epoch, fcfg.model)
+    if fcfg.load_epoch is not None or fcfg.resume:
+        resume = checkpoint.for_resume(fcfg.model_prefix, fcfg.load_epoch, fcfg.model)
+        if resume is None:
+            log.info("--resume: no checkpoint under %s yet; starting afresh", fcfg.model_prefix)
+        return resume
+    return None
 
 
 def device_label(device_type: str) -> str:
@@ -257,48 +291,50 @@ def check_mlperf(mlcfg, fcfg, dcfg, args) -> "mlperf.Recipe":
     return recipe
 
 
-def _train(fcfg, mcfg, dcfg, contexts, report, stop, resume, args, ml=None, kv=None) -> int:
+def _train(fcfg, mcfg, dcfg, rcfg: RunConfig, contexts, report, stop, resume, ml, job) -> int:
     seed_everything(fcfg.seed)
     device_type = contexts[0].device_type
     want_train = not fcfg.only_inference
-    sym = resnet.build(mcfg, num_classes=dcfg.num_classes, image_shape=dcfg.image_shape, dtype=args.dtype,
+    sym = resnet.build(mcfg, num_classes=dcfg.num_classes, image_shape=dcfg.image_shape, dtype=rcfg.dtype,
                        input_dtype=dcfg.dtype, input_layout=dcfg.input_layout, label_smoothing=fcfg.label_smoothing,
                        device_type=device_type, for_training=want_train, loss_scale=fcfg.static_loss_scale)
-    check_memory(sym, dcfg, fcfg, args.dtype, contexts)
-
-    def open_data():
-        train_it, val_it = data.get_iters(dcfg, contexts, rank=kv.rank if kv else 0,
-                                          num_workers=kv.num_workers if kv else 1, want_train=want_train,
-                                          want_val=fcfg.only_inference or not fcfg.no_val,
-                                          max_batches=fcfg.benchmark_iters, progress=stop.check)
-        stop.check()  # a signal while the inputs were checked and the pipelines built
-        if kv is not None and train_it is not None:  # dist_sync: every worker runs as many batches per epoch
-            counts = dist.allreduce_sum(kv, "batches", [train_it.batches_per_epoch if r == kv.rank else 0
-                                                        for r in range(kv.num_workers)])
-            if min(counts) < train_it.batches_per_epoch:
-                samples = train_it.num_samples
-                train_it = data.limit_batches(train_it, round(min(counts)))
-                train_it.num_samples = samples
-            log.info("each of the %d workers trains %d batches per epoch", kv.num_workers, round(min(counts)))
-        if want_train and train_it is None:
-            raise UsageError("training needs a training set: --data-root with train.rec, or --data-train")
-        return train_it, val_it
-
+    check_memory(sym, dcfg, fcfg, rcfg.dtype, contexts)
     for note in resnet.fusion_notes(mcfg, device_type):
         log.warning(note)
+    batch = f"{fcfg.batch_size * job.num_workers} ({job.num_workers} workers x {fcfg.batch_size})" \
+        if job.num_workers > 1 else fcfg.batch_size
     log.info("%s ResNet-%d v%s on %s, global batch %s, %s, backend %s%s", "scoring" if fcfg.only_inference else
-             "training", mcfg.num_layers, mcfg.resnet_version, ",".join(map(str, contexts)),
-             f"{fcfg.batch_size * kv.num_workers} ({kv.num_workers} workers x {fcfg.batch_size})" if kv else
-             fcfg.batch_size, args.dtype, dcfg.data_backend, f", {fcfg.optimizer}, {fcfg.lr_schedule} schedule" if want_train else "")
+             "training", mcfg.num_layers, mcfg.resnet_version, ",".join(map(str, contexts)), batch, rcfg.dtype,
+             dcfg.data_backend, f", {fcfg.optimizer}, {fcfg.lr_schedule} schedule" if want_train else "")
     try:
-        return fit.fit(fcfg, sym, contexts, open_data, batch_descs(dcfg), report, resnet.initializer(), stop,
-                       resume, mlperf=ml, kv=kv)
+        return fit.fit(fcfg, sym, contexts, lambda: open_data(dcfg, fcfg, contexts, job, stop),
+                       batch_descs(dcfg), report, resnet.initializer(), stop, resume, ml, job)
     except Stopped:
-        if ml is not None:
-            report.set_mlperf(ml.summary())
+        ml.record(report)
         report.save("interrupted")
         log.error("%s: stopped before the first iteration; nothing was trained or written", stop.name)
         return 128 + stop.signum
+
+
+def open_data(dcfg, fcfg, contexts, job, stop: StopFlag):
+    """The (train, val) iterators of this worker's shard; in a job, every worker runs as many batches per epoch
+    (``dist_sync`` would wait forever on a worker with fewer)."""
+    want_train = not fcfg.only_inference
+    train_it, val_it = data.get_iters(dcfg, contexts, rank=job.rank, num_workers=job.num_workers,
+                                      want_train=want_train, want_val=fcfg.only_inference or not fcfg.no_val,
+                                      max_batches=fcfg.benchmark_iters, progress=stop.check)
+    stop.check()  # a signal while the inputs were checked and the pipelines built
+    if job.num_workers > 1 and train_it is not None:
+        counts = job.sum("batches", [train_it.batches_per_epoch if r == job.rank else 0
+                                     for r in range(job.num_workers)])
+        if min(counts) < train_it.batches_per_epoch:
+            samples = train_it.num_samples
+            train_it = data.limit_batches(train_it, round(min(counts)))
+            train_it.num_samples = samples
+        log.info("each of the %d workers trains %d batches per epoch", job.num_workers, round(min(counts)))
+    if want_train and train_it is None:
+        raise UsageError("training needs a training set: --data-root with train.rec, or --data-train")
+    return train_it, val_it
 
 
 def check_memory(sym, dcfg, fcfg, dtype: str, contexts) -> None:

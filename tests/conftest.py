@@ -2,9 +2,11 @@
 and RecordIO files once per session, data sets with one fault each, and a small tmpfs for full-disk tests.
 
 Two tiers: tests marked ``e2e`` start processes of the toolkit (the runner, tools, signals, exit codes); the others
-run in this process in seconds (``make test-fast`` runs them alone)."""
+run in this process in seconds (``make test-fast`` runs them alone). Whatever the order, nothing a test starts may be
+left running when the session ends (``pytest_sessionfinish`` fails the run, naming it)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,6 +38,45 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def descendants(pid: int) -> list[int]:
+    """The live (not zombie) processes below ``pid``, from /proc."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Nothing a test started may outlive the session: every process of the toolkit ends by itself, whichever way
+    its test went. One left behind fails the run, naming it (and is ended)."""
+    names = []
+    for pid in descendants(os.getpid()):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(ROOT) in cmd and "resource_tracker" not in cmd:  # the toolkit's (or its .venv's Python's)
+            names.append(f"{pid} {cmd[:200]}")
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    if not names:
+        return
+    print("\nprocesses left running by the tests (ended now):\n  " + "\n  ".join(names), file=sys.stderr)
+    session.exitstatus = 1
 
 
 def run(args, cwd=ROOT, env=None, timeout=600, check=False):

@@ -145,14 +145,14 @@ def test_score_fp16_example_argv():
 
 def test_cpu_examples_run(tmp_path):
     """The CPU scripts for real, with tiny settings appended (later flags win)."""
-    res = run([ROOT / "examples" / "BENCHMARK_CPU.sh", "-n", "1", "-b", "4", "-i", "3", "-o", tmp_path / "b.json",
-               *TINY], check=True, timeout=900)
+    run([ROOT / "examples" / "BENCHMARK_CPU.sh", "-n", "1", "-b", "4", "-i", "3", "-o", tmp_path / "b.json", *TINY],
+        check=True, timeout=900)
     assert json.loads((tmp_path / "b.json").read_text())["metrics"]["1"]["4"]["train.total_ips"] > 0
-    res = run([ROOT / "examples" / "INFER_BENCHMARK_CPU.sh", "-b", "2", "-i", "4", "-o", tmp_path / "i.json",
-               *TINY], check=True, timeout=900)
+    run([ROOT / "examples" / "INFER_BENCHMARK_CPU.sh", "-b", "2", "-i", "4", "-o", tmp_path / "i.json", *TINY],
+        check=True, timeout=900)
     assert json.loads((tmp_path / "i.json").read_text())["metrics"]["1"]["2"]["val.latency_ms_p99"] > 0
-    res = run([ROOT / "examples" / "RN50_FP32_CPU.sh", "-e", "1", "--data-backend", "synthetic", "--benchmark-iters",
-               "2", "--no-val", "--model-prefix", tmp_path / "m", *TINY], check=True, timeout=900)
+    run([ROOT / "examples" / "RN50_FP32_CPU.sh", "-e", "1", "--data-backend", "synthetic", "--benchmark-iters", "2",
+         "--no-val", "--model-prefix", tmp_path / "m", *TINY], check=True, timeout=900)
     assert (tmp_path / "m-0001.params").is_file()
 
 
@@ -243,3 +243,19 @@ def test_a_signal_to_a_bench_tool_ends_the_runner_it_started(tmp_path):
     assert p.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1] == "bench_train.py: stopped by SIGTERM; the processes it started have ended"
     assert processes_with(f"--benchmark-iters\0{marker}") == [] and not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize("tool", ["bench_data", "bench_infer", "bench_train", "bench_optim", "bench_loadgen"])
+def test_bench_tools_name_their_rounds_alike(tool):
+    """Every bench tool takes --rounds (default 3); --repeats, its old name in three of them, still works, unlisted.
+    Each round runs the candidates in an order rotated from the round before."""
+    import importlib
+
+    from common import rotated
+
+    parser = importlib.import_module(f"tools.{tool}").build_parser()
+    assert parser.parse_args(["--repeats", "2"]).rounds == parser.parse_args(["--rounds", "2"]).rounds == 2
+    assert parser.parse_args([]).rounds == 3
+    assert "--rounds ROUNDS" in parser.format_help() and "--repeats" not in parser.format_help()
+    assert [rotated(("a", "b", "c"), r) for r in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"],
+                                                                ["a", "b", "c"]]

@@ -220,7 +220,8 @@ def test_modules_below_train_never_see_a_namespace():
         assert not any(i.split(".")[0] == "tools" for i in imports), name
         if name == "dali.py":
             assert "data" not in imports
-    for name in ("train.py", "benchmark.py", "gpu.py", "loadgen.py", "dist.py", "launcher.py", "mlperf.py"):
+    for name in ("train.py", "benchmark.py", "gpu.py", "loadgen.py", "loadgen_plan.py", "loadgen_logs.py",
+                 "runtimes.py", "runtime_mxnet.py", "runtime_onnxruntime.py", "dist.py", "launcher.py", "mlperf.py"):
         text = (ROOT / name).read_text()
         assert "from tools" not in text and "import tools" not in text, name
     # the launcher is the runner's: what a worker does (dist.py, the loop) knows nothing of it

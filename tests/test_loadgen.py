@@ -1,6 +1,7 @@
 """loadgen.py: MLPerf Inference LoadGen (the real one) over the toolkit's scoring path (real MXNet, real onnxruntime),
 on a ResNet-18 trained for two epochs on the 32 px digits: every scenario, accuracy against --only-inference scoring
-and between the backends, a failure in the model path, a signal, bad input, the examples."""
+and between the backends, a failure in the model path, a signal, bad input, the examples; in process, LoadGen's logs
+read without LoadGen or MXNet, the runtimes chosen by name, the plan and the memory fit."""
 from __future__ import annotations
 
 import json
@@ -142,9 +143,9 @@ No warnings encountered during test.
 
 
 def test_parse_summary_keeps_result_reasons_metric_and_units():
-    import loadgen
+    import loadgen_logs
 
-    s = loadgen.parse_summary(SERVER_SUMMARY)
+    s = loadgen_logs.parse_summary(SERVER_SUMMARY)
     assert (s["scenario"], s["mode"], s["result"]) == ("Server", "PerformanceOnly", "INVALID")
     assert s["invalid_reasons"] == ["Min queries satisfied: NO", "Early stopping satisfied: NO"]
     assert s["constraints"]["Performance constraints satisfied"] is True
@@ -162,15 +163,101 @@ def test_parse_summary_keeps_result_reasons_metric_and_units():
     assert (s["loadgen"]["warnings"], s["loadgen"]["errors"]) == (0, 1) and s["early_stopping_ns"] == {}
 
 
-def test_scenario_names_are_checked():
-    import loadgen
+DETAIL_LOG = "\n".join([
+    ':::MLLOG {"key": "loadgen_version", "value": "6.0.17", "metadata": {"is_error": false, "is_warning": false}}',
+    ':::MLLOG {"key": "error_invalid_config", "value": "bad qps", "metadata": {"is_error": true}}',
+    ':::MLLOG {"key": "warning_generic_message", "value": "short run", "metadata": {"is_warning": true}}',
+    ":::MLLOG not json",
+    "a line of something else",
+])
+
+READ_LOGS = """
+import json, sys
+from pathlib import Path
+
+import numpy as np
+
+import loadgen_logs
+
+folder = Path(sys.argv[1])
+summary = loadgen_logs.parse_summary((folder / "mlperf_log_summary.txt").read_text())
+print(json.dumps({"summary": summary, "detail": loadgen_logs.detail_messages(folder / "mlperf_log_detail.txt"),
+                  "missing": loadgen_logs.detail_messages(folder / "none.txt"),
+                  "accuracy": loadgen_logs.accuracy(folder / "mlperf_log_accuracy.json", np.array([3, 1, 4, 1])),
+                  "loaded": sorted({"mxnet", "mlperf_loadgen", "onnxruntime"} & set(sys.modules))}))
+"""
+
+
+def test_loadgen_logs_are_read_without_loadgen_or_mxnet(tmp_path):
+    """A process that imports only the log reader parses a summary, a detail log and an accuracy log written here
+    (answers float32 as the SUT writes them; a sample answered twice counts once, its first answer); neither
+    LoadGen nor MXNet is loaded."""
+    (tmp_path / "mlperf_log_summary.txt").write_text(SERVER_SUMMARY)
+    (tmp_path / "mlperf_log_detail.txt").write_text(DETAIL_LOG)
+    answers = [(0, 3.0), (1, 7.0), (2, 4.0), (0, 5.0)]  # sample 3 unanswered
+    (tmp_path / "mlperf_log_accuracy.json").write_text(json.dumps(
+        [{"seq_id": i, "qsl_idx": idx, "data": np.array([v], np.float32).tobytes().hex()}
+         for i, (idx, v) in enumerate(answers)]))
+    res = run([PY, "-c", READ_LOGS, tmp_path])
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["loaded"] == []
+    s = got["summary"]
+    assert (s["scenario"], s["result"], s["metric"]["value"], s["latency_ns"]["p99.9"]) == \
+        ("Server", "INVALID", 47.13, 318878)
+    assert got["detail"] == {"error_messages": ["error_invalid_config: bad qps"],
+                             "warning_messages": ["warning_generic_message: short run"]}
+    assert got["missing"] == {"error_messages": [], "warning_messages": []}
+    assert got["accuracy"] == {"top1": 100 * 2 / 3, "good": 2, "total": 3, "missing": 1, "dtype": "float32"}
+
+
+def test_runtimes_are_chosen_by_name_and_load_their_libraries_only_when_opened():
+    code = """
+import sys
+
+import loadgen_plan, runtimes
+
+print(sorted({"mxnet", "onnxruntime", "mlperf_loadgen"} & set(sys.modules)))
+for call in (lambda: runtimes.open_runtime("openvino", None, None, 1, 1), lambda: runtimes.open_session("mxnet", "x")):
+    try:
+        call()
+    except ValueError as err:
+        print(err)
+print(sorted({"mxnet", "onnxruntime"} & set(sys.modules)), sorted(runtimes.RUNTIMES))
+"""
+    res = run([PY, "-c", code])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["[]", "no runtime 'openvino'; the runtimes are mxnet, onnxruntime",
+                                       "the mxnet runtime runs checkpoints, not model files",
+                                       "[] ['mxnet', 'onnxruntime']"]
+
+
+def test_the_fail_hook_counts_the_test_batches_only(monkeypatch):
+    import runtimes
     from common import UsageError
 
-    assert loadgen.parse_scenarios("offline, Server") == ["Offline", "Server"]
+    monkeypatch.setenv("RN50_LOADGEN_FAIL_AFTER", "2")
+    hook = runtimes.FailHook()
+    hook.check()  # the warm-up: not counted
+    hook.armed = True
+    hook.check()
+    hook.check()
+    with pytest.raises(RuntimeError, match=r"^injected failure \(RN50_LOADGEN_FAIL_AFTER=2: after 2 batches\)$"):
+        hook.check()
+    monkeypatch.setenv("RN50_LOADGEN_FAIL_AFTER", "two")
+    with pytest.raises(UsageError, match="^RN50_LOADGEN_FAIL_AFTER=two: expected a number of batches$"):
+        runtimes.FailHook()
+
+
+def test_scenario_names_are_checked():
+    import loadgen_plan
+    from common import UsageError
+
+    assert loadgen_plan.parse_scenarios("offline, Server") == ["Offline", "Server"]
     with pytest.raises(UsageError, match="--scenario Single: unknown scenario Single; choose from SingleStream"):
-        loadgen.parse_scenarios("Single")
+        loadgen_plan.parse_scenarios("Single")
     with pytest.raises(UsageError, match="named twice"):
-        loadgen.parse_scenarios("Offline,offline")
+        loadgen_plan.parse_scenarios("Offline,offline")
 
 
 def test_bench_server_search_finds_the_highest_valid_rate():
@@ -270,6 +357,7 @@ def test_batches_of_any_size_answer_each_sample_as_batch_1_does(trained, demo_ro
     assert len(answers[1]) == 45 and answers[32] == answers[1]
 
 
+@pytest.mark.e2e
 def test_onnxruntime_backend_gives_the_same_top1(trained, demo_root, mxnet_accuracy, onnx_model, tmp_path):
     onnx = onnx_model
     out = tmp_path / "out"
@@ -374,12 +462,13 @@ def planned(scenario, *flags, total=32, loaded=32):
     import mlperf_loadgen as lg
 
     import loadgen
+    import loadgen_plan
     from common import config_from
 
     args = loadgen.build_parser().parse_args([*TINY, "--data-root", "unused", *flags])
-    cfg = config_from(loadgen.LoadGenConfig, args)
-    settings = loadgen.make_settings(lg, cfg, scenario)
-    return cfg, loadgen.model_spec(args, 0), loadgen.plan_test(settings, scenario, cfg.accuracy, total, loaded)
+    cfg = config_from(loadgen_plan.LoadGenConfig, args)
+    settings = loadgen_plan.make_settings(lg, cfg, scenario)
+    return cfg, loadgen.model_spec(args, 0), loadgen_plan.plan_test(settings, scenario, cfg.accuracy, total, loaded)
 
 
 def test_the_plan_follows_loadgen_settings():
@@ -413,14 +502,14 @@ def test_the_plan_follows_loadgen_settings():
 def test_a_test_over_the_memory_budget_names_the_flag_and_what_fits(scenario, flags, head, fits):
     """Against a 2 GiB budget: the one line names the flag of the part to shrink and a value that fits, and that
     value does fit (the next one up, or down, does not)."""
-    import loadgen
+    import loadgen_plan
     from common import UsageError
 
     budget = 2 << 30
     cfg, spec, plan = planned(scenario, *flags)
-    need = loadgen.memory_need(spec, cfg, scenario, plan.per_query)
+    need = loadgen_plan.memory_need(spec, cfg, scenario, plan.per_query)
     with pytest.raises(UsageError) as err:
-        loadgen.check_fits(need, plan, cfg, 32, budget, budget, "a test budget")
+        loadgen_plan.check_fits(need, plan, cfg, 32, budget, budget, "a test budget")
     line = str(err.value)
     assert line.startswith(head) and "\n" not in line and "2 GiB are available (a test budget)" in line, line
     assert fits in line, line
@@ -433,18 +522,18 @@ def test_a_test_over_the_memory_budget_names_the_flag_and_what_fits(scenario, fl
     else:
         fitting, too_much = f"{value * 0.99:.6g}", f"{value * 1.05:.6g}"
     cfg, spec, plan = planned(scenario, *flags, flag, fitting)
-    assert loadgen.check_fits(need, plan, cfg, 32, budget, budget, "a test budget") <= budget
+    assert loadgen_plan.check_fits(need, plan, cfg, 32, budget, budget, "a test budget") <= budget
     cfg, spec, plan = planned(scenario, *flags, flag, too_much)
     with pytest.raises(UsageError, match=f"^{flag} "):
-        loadgen.check_fits(need, plan, cfg, 32, budget, budget, "a test budget")
+        loadgen_plan.check_fits(need, plan, cfg, 32, budget, budget, "a test budget")
 
 
 def test_a_test_within_the_budget_passes_with_its_estimate():
-    import loadgen
+    import loadgen_plan
 
     cfg, spec, plan = planned("Offline", "--qps", "1000", "--time", "1")
-    need = loadgen.memory_need(spec, cfg, "Offline", 8)
-    total = loadgen.check_fits(need, plan, cfg, 32, 2 << 30, 2 << 30, "a test budget")
+    need = loadgen_plan.memory_need(spec, cfg, "Offline", 8)
+    total = loadgen_plan.check_fits(need, plan, cfg, 32, 2 << 30, 2 << 30, "a test budget")
     assert total == need.fixed + need.batches(32, 1) + 32 * 3 * 32 * 32 * 4 + plan.loadgen_bytes
     assert need.batches(32, 4) > need.batches(32, 1) and need.batches(64, 1) > need.batches(32, 1)
 
@@ -464,12 +553,12 @@ def test_a_test_within_the_budget_passes_with_its_estimate():
     ("Offline", ["--accuracy", "--qps", "1"], 8, 1.0, False, []),  # an accuracy run takes what it takes
 ])
 def test_the_expected_duration_and_its_warning(scenario, flags, batch, batch_s, far, words):
-    import loadgen
+    import loadgen_plan
 
     plan = planned(scenario, *flags, total=360, loaded=360)[2]
-    seconds = loadgen.expected_seconds(plan, batch, batch_s)
-    assert loadgen.far_beyond(plan, seconds) == far
-    line = loadgen.duration_warning(plan, seconds, batch, batch_s)
+    seconds = loadgen_plan.expected_seconds(plan, batch, batch_s)
+    assert loadgen_plan.far_beyond(plan, seconds) == far
+    line = loadgen_plan.duration_warning(plan, seconds, batch, batch_s)
     assert all(w in line for w in words), line
 
 

@@ -80,7 +80,7 @@ def test_fit_recovers_factors_from_rows():
         peak = memory.combine(counts, training=cfg.training).total(cfg.batch)
         rows.append({"config": asdict(cfg), "counts": asdict(counts),
                      "peak_bytes": peak, "runtime_bytes": memory.RUNTIME_BYTES})
-    factors, runtime = bench_memory.fit(rows)
+    factors, runtime = bench_memory.fit_factors(rows)
     assert runtime == memory.RUNTIME_BYTES
     for mode in ("train", "score"):
         c, k_state, _, k_act = factors[mode]

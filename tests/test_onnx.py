@@ -4,6 +4,7 @@ in plain MXNet at batch 1 and 5, checkpoints of NVIDIA's FP16 recipe (float16, N
 that leave nothing behind, and the command line end to end."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 import checkpoint
 import resnet
+import runtimes
 from common import UsageError
 from conftest import PY, ROOT, error_lines, run
 from test_config import call
@@ -76,7 +78,7 @@ def test_export_has_a_dynamic_batch_and_scores_like_the_checkpoint(trained, expo
     assert not {n.op_type for n in graph.node} & {"Cast", "Transpose"}  # float32 NCHW throughout
 
     assert images.shape == (5, *SHAPE) and images.dtype == np.float32
-    session = export_onnx.ort_session(exported, threads=2)
+    session = runtimes.open_session("onnxruntime", exported, threads=2)
     assert session.get_providers()[-1] == "CPUExecutionProvider"
     assert session.get_session_options().intra_op_num_threads == 2
     for n in (1, 5):  # one model, two batch sizes
@@ -89,6 +91,28 @@ def test_export_has_a_dynamic_batch_and_scores_like_the_checkpoint(trained, expo
         np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), atol=1e-5)
     agreement = export_onnx.compare(export_onnx.load(trained, 1), exported, images)
     assert agreement.images == agreement.top1_agree == 5 and agreement.problem(1e-3) is None
+
+
+def test_both_loadgen_runtimes_answer_as_the_checkpoint_scores(trained, exported, images):
+    """The checkpoint in LoadGen's mxnet runtime (its weights through ``checkpoint.load_for_inference``, as the export
+    loads them) and its export in the onnxruntime runtime, both opened by name: the classes of the export's check.
+    5 images run as bound batches of 4 and 1."""
+    from datatypes import DataConfig
+
+    spec = runtimes.ModelSpec("mxnet", "float32", "cpu", trained, 1, None, 10, SHAPE, "NCHW",
+                              resnet.ModelConfig(batchnorm_eps=1e-3))
+    dcfg = DataConfig(image_shape=SHAPE, num_classes=10, batch_size=8)
+    mxnet_rt = runtimes.open_runtime("mxnet", spec, dcfg, 8, 1)
+    onnx_rt = runtimes.open_runtime("onnxruntime", dataclasses.replace(spec, backend="onnxruntime", onnx=exported),
+                                    dcfg, 8, 2)
+    assert (mxnet_rt.name, mxnet_rt.describe()["batch_sizes"], onnx_rt.name) == ("mxnet", [1, 2, 4, 8], "onnxruntime")
+    mxnet_rt.warm_up(8)
+    onnx_rt.warm_up(8)
+    _, logits = export_onnx.mxnet_outputs(export_onnx.load(trained, 1), images)
+    assert mxnet_rt.predict(images).tolist() == onnx_rt.predict(images).tolist() == logits.argmax(1).tolist()
+    with pytest.raises(UsageError, match=r"--onnx .*: it has 10 classes, --num-classes is 7"):
+        runtimes.open_runtime("onnxruntime", dataclasses.replace(spec, backend="onnxruntime", onnx=exported,
+                                                                 num_classes=7), dcfg, 8, 1)
 
 
 def test_sample_photographs_are_preprocessed_as_validation():

@@ -8,6 +8,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+import amp
 import common
 import resnet
 from common import config_from
@@ -64,17 +65,16 @@ def test_fp16_symbol_structure_as_the_runner_builds_it():
 @pytest.mark.e2e
 def test_fp16_symbol_with_the_amp_loss_scaler():
     """--amp adds one fp32 input (the scale) at the fp32 logits; everything else is the FP16 graph unchanged."""
-    import fit
 
     args = train_args_of_runner("-n", "1", "-b", "208", "--amp")
     assert args.amp and args.loss_scale is None
     sym = model_symbol(args, 1000, (4, 224, 224), "float16", "float16", "NHWC", device_type="gpu")
     assert ops(sym, "SoftmaxOutput")[0]["attrs"]["grad_scale"] == "1.0"  # the scale is applied in the graph
-    scaled = fit.add_loss_scaler(sym)
-    assert scaled.list_arguments() == sym.list_arguments()[:-1] + [fit.AMP_SCALE, "softmax_label"]
+    scaled = amp.add_loss_scaler(sym)
+    assert scaled.list_arguments() == sym.list_arguments()[:-1] + [amp.AMP_SCALE, "softmax_label"]
     arg_types, out_types, _ = scaled.infer_type(data="float16")
     types = dict(zip(scaled.list_arguments(), arg_types))
-    assert types[fit.AMP_SCALE] == np.float32 and out_types == [np.float32]
+    assert types[amp.AMP_SCALE] == np.float32 and out_types == [np.float32]
     assert [c["attrs"]["dtype"] for c in ops(scaled, "Cast")] == ["float32"]
     assert ops(scaled, "SoftmaxOutput")[0]["attrs"] == ops(sym, "SoftmaxOutput")[0]["attrs"]
 
@@ -167,18 +167,17 @@ def test_static_loss_scaling_gives_the_same_weights(tmp_path):
 
 def _amp_module(scale: float, window: int = 2000, batch: int = 4):
     """A ResNet-18 at 32 px with the --amp loss scaler, bound, initialized (seeded) and with its optimizer."""
-    import fit
 
     mx.random.seed(0)
-    sym = fit.add_loss_scaler(resnet.get_symbol(num_classes=10, num_layers=18, image_shape=(3, 32, 32)))
-    mod = mx.mod.Module(sym, context=mx.cpu(), label_names=["softmax_label"], fixed_param_names=[fit.AMP_SCALE])
+    sym = amp.add_loss_scaler(resnet.get_symbol(num_classes=10, num_layers=18, image_shape=(3, 32, 32)))
+    mod = mx.mod.Module(sym, context=mx.cpu(), label_names=["softmax_label"], fixed_param_names=[amp.AMP_SCALE])
     mod.bind(data_shapes=[("data", (batch, 3, 32, 32))], label_shapes=[("softmax_label", (batch,))])
-    mod.init_params(resnet.initializer(), arg_params={fit.AMP_SCALE: mx.nd.ones((1,))}, allow_missing=True)
+    mod.init_params(resnet.initializer(), arg_params={amp.AMP_SCALE: mx.nd.ones((1,))}, allow_missing=True)
     mod.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.1, "momentum": 0.9})
     rng = np.random.default_rng(0)
     batch_ = mx.io.DataBatch(data=[mx.nd.array(rng.uniform(-1, 1, (batch, 3, 32, 32)))],
                              label=[mx.nd.array(rng.integers(0, 10, batch))])
-    return mod, fit.DynamicLossScaler(mod, scale, window, batch), batch_
+    return mod, amp.DynamicLossScaler(mod, scale, window, batch), batch_
 
 
 def _weights(mod):
@@ -206,18 +205,17 @@ def test_amp_overflow_skips_the_update_and_halves_the_scale():
     """An fp16 overflow as it happens on a GPU: the loss gradient, scaled in fp32, passes through fp16 (a Cast,
     which runs on CPU). With 10 classes and near-uniform softmax the true class's gradient is about -0.9, so at
     2^17 it overflows fp16 (max 65504) and at 2^16 it does not."""
-    import fit
 
     data = mx.sym.Variable("data")
     x = mx.sym.FullyConnected(data, num_hidden=10, name="fc")
     x = mx.sym.Cast(mx.sym.Cast(x, dtype="float16"), dtype="float32")
-    sym = fit.add_loss_scaler(mx.sym.SoftmaxOutput(x, name="softmax"))
-    mod = mx.mod.Module(sym, context=mx.cpu(), label_names=["softmax_label"], fixed_param_names=[fit.AMP_SCALE])
+    sym = amp.add_loss_scaler(mx.sym.SoftmaxOutput(x, name="softmax"))
+    mod = mx.mod.Module(sym, context=mx.cpu(), label_names=["softmax_label"], fixed_param_names=[amp.AMP_SCALE])
     mod.bind(data_shapes=[("data", (4, 8))], label_shapes=[("softmax_label", (4,))])
-    mod.init_params(mx.init.Zero(), arg_params={fit.AMP_SCALE: mx.nd.ones((1,))}, allow_missing=True)
+    mod.init_params(mx.init.Zero(), arg_params={amp.AMP_SCALE: mx.nd.ones((1,))}, allow_missing=True)
     mod.init_optimizer(optimizer="sgd", optimizer_params={"learning_rate": 0.1})
     batch = mx.io.DataBatch(data=[mx.nd.ones((4, 8))], label=[mx.nd.array([0, 1, 2, 3])])
-    scaler = fit.DynamicLossScaler(mod, 2.0 ** 17, 2000, 4)
+    scaler = amp.DynamicLossScaler(mod, 2.0 ** 17, 2000, 4)
     mod.forward_backward(batch)
     assert np.isinf(mod._exec_group.grad_arrays[0][0].asnumpy()).any()
     assert scaler.step(mod.update) is False and scaler.scale == 2.0 ** 16 and scaler.skipped == 1
@@ -232,7 +230,6 @@ def test_amp_overflow_skips_the_update_and_halves_the_scale():
 
 
 def test_amp_scale_doubles_after_a_window_of_clean_iterations():
-    import fit
 
     mod, scaler, batch = _amp_module(2.0 ** 23, window=2)
     seen = []
@@ -240,7 +237,7 @@ def test_amp_scale_doubles_after_a_window_of_clean_iterations():
         mod.forward_backward(batch)
         assert scaler.step(mod.update) is True
         seen.append(scaler.scale)
-    assert seen == [2.0 ** 23, 2.0 ** 24, 2.0 ** 24, 2.0 ** 24] and fit.AMP_MAX_SCALE == 2.0 ** 24
+    assert seen == [2.0 ** 23, 2.0 ** 24, 2.0 ** 24, 2.0 ** 24] and amp.AMP_MAX_SCALE == 2.0 ** 24
 
 
 @pytest.mark.e2e

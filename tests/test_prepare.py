@@ -449,30 +449,37 @@ def _writing_started(out: Path) -> bool:
         return False
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: signal.Signals(s).name)
-def test_signal_while_writing_leaves_nothing(slow_tree, tmp_path, sig):
-    """A real process signalled in the middle of its .rec: one line, exit 128 + signal, no file left behind."""
-    out = tmp_path / "out"
-    proc = subprocess.Popen([str(a) for a in (PY, PREPARE, "--train-dir", slow_tree, "--data-root", out,
-                                              "--num-thread", "1")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def signal_once_writing(args: list, out: Path, sig: int, before=lambda proc: None) -> tuple[int, list[str], object]:
+    """Run prepare_dataset.py with ``args`` (writing to ``out``) and send it ``sig`` once its first record has reached
+    the temporary .rec, right after ``before(proc)``; return its exit status, its non-empty stderr lines and what
+    ``before`` returned."""
+    proc = subprocess.Popen([str(a) for a in (PY, PREPARE, *args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         deadline = time.monotonic() + 20
         while not _writing_started(out):
             assert proc.poll() is None, "the run ended before it could be signalled"
             assert time.monotonic() < deadline, "the run never started writing"
             time.sleep(0.005)
+        seen = before(proc)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=20)
+    return proc.returncode, [ln for ln in stderr.splitlines() if ln.strip()], seen
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: signal.Signals(s).name)
+def test_signal_while_writing_leaves_nothing(slow_tree, tmp_path, sig):
+    """A real process signalled in the middle of its .rec: one line, exit 128 + signal, no file left behind."""
+    out = tmp_path / "out"
+    rc, lines, _ = signal_once_writing(["--train-dir", slow_tree, "--data-root", out, "--num-thread", "1"], out, sig)
     name = signal.Signals(sig).name
-    assert proc.returncode == 128 + sig
-    assert [ln for ln in stderr.splitlines() if ln.strip()] == [
-        f"prepare_dataset.py: interrupted ({name}); no output written, temporary files removed"]
+    assert rc == 128 + sig
+    assert lines == [f"prepare_dataset.py: interrupted ({name}); no output written, temporary files removed"]
     assert list(out.iterdir()) == []  # no temporary file, no half-written output
 
 
@@ -494,26 +501,12 @@ def test_signal_during_verify_ends_the_decoding_processes(slow_tree, tmp_path):
     """--verify decodes in processes of its own (in their own session, so Ctrl-C reaches the tool alone); a signal
     stops the run as it does without --verify, and no decoding process outlives the tool."""
     out = tmp_path / "out"
-    proc = subprocess.Popen([str(a) for a in (PY, PREPARE, "--train-dir", slow_tree, "--data-root", out,
-                                              "--num-thread", "1", "--verify")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not _writing_started(out):
-            assert proc.poll() is None, "the run ended before it could be signalled"
-            assert time.monotonic() < deadline, "the run never started writing"
-            time.sleep(0.005)
-        workers = decoding_processes(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=20)
+    rc, lines, workers = signal_once_writing(["--train-dir", slow_tree, "--data-root", out, "--num-thread", "1",
+                                              "--verify"], out, signal.SIGINT,
+                                             before=lambda proc: decoding_processes(proc.pid))
     assert len(workers) == 1
-    assert proc.returncode == 130
-    assert [ln for ln in stderr.splitlines() if ln.strip()] == [
-        "prepare_dataset.py: interrupted (SIGINT); no output written, temporary files removed"]
+    assert rc == 130
+    assert lines == ["prepare_dataset.py: interrupted (SIGINT); no output written, temporary files removed"]
     assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []
     assert list(out.iterdir()) == []
 

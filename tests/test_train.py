@@ -10,6 +10,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+import dist
 import resnet
 from common import config_from
 from conftest import PY, ROOT, params_of, run, run_until
@@ -117,7 +118,7 @@ def test_optimizer_recipe_no_weight_decay_on_biases_and_betas():
     mod = mx.mod.Module(sym, context=mx.cpu())
     mod.bind(data_shapes=[("data", (4, 3, 32, 32))], label_shapes=[("softmax_label", (4,))])
     mod.init_params(resnet.initializer())
-    fit.init_optimizer(mod, cfg, fit.Schedule(cfg, 10), 1)
+    fit.init_optimizer(mod, cfg, fit.Schedule(cfg, 10), 1, dist.Solo())
     opt = mod._optimizer
     assert (opt.momentum, opt.wd, opt.multi_precision, opt.rescale_grad) == (0.9, 1e-4, True, 1 / 4)
     assert opt.wd_mult["fc_bias"] == 0 and opt.wd_mult["stem_bn_beta"] == 0

@@ -6,7 +6,7 @@
 2. Training- and validation-pipeline throughput (img/s, decode + augmentation + normalize, batch ``-b``, 224 px) of
    every backend this machine can run, through the toolkit's own iterators (``data.get_iters``).
 
-Each measurement is repeated ``--repeats`` times, the candidates alternating within a round, and the median is
+Each measurement is repeated ``--rounds`` times, the candidates alternating within a round, and the median is
 reported. Prints a Markdown table and writes the raw numbers as JSON.
 
     python tools/bench_data.py               # what `make bench-data` runs
@@ -27,7 +27,7 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (Children, Parser, available_cores, float_list, num_gpus, run_child, run_main,  # noqa: E402
+from common import (Parser, add_rounds_arg, available_cores, float_list, num_gpus, run_child, run_tool,  # noqa: E402
                     write_json)
 
 
@@ -77,13 +77,13 @@ def time_cmd(args: Sequence) -> float:
     return time.perf_counter() - t0
 
 
-def bench_prepare(tree: Path, work: Path, threads: int, repeats: int) -> dict:
+def bench_prepare(tree: Path, work: Path, threads: int, rounds: int) -> dict:
     import mxnet as mx
 
     im2rec = Path(mx.__file__).parent / "tools" / "im2rec.py"
     py = sys.executable
     times = {"prepare_dataset.py": [], "im2rec.py": []}
-    for r in range(repeats):
+    for r in range(rounds):
         out = work / f"ours{r}"
         times["prepare_dataset.py"].append(time_cmd(
             [py, ROOT / "tools" / "prepare_dataset.py", "--train-dir", tree, "--data-root", out,
@@ -97,7 +97,7 @@ def bench_prepare(tree: Path, work: Path, threads: int, repeats: int) -> dict:
 
 
 def bench_pipelines(data_root: Path, backends: Sequence[str], batch: int, threads: int, iters: int,
-                    repeats: int) -> dict:
+                    rounds: int) -> dict:
     """img/s of each backend's train and val iterators. Each measurement builds its iterators afresh and frees
     them afterwards, so no other pipeline's background prefetching competes for the cores while it is timed."""
     import gc
@@ -109,7 +109,7 @@ def bench_pipelines(data_root: Path, backends: Sequence[str], batch: int, thread
 
     gpus = num_gpus()
     results = {b: {"train": [], "val": []} for b in backends}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for backend in backends:
             cfg = data.resolve(data.DataConfig(data_root=data_root, data_backend=backend, batch_size=batch, seed=1,
                                                data_mxnet_threads=threads, dali=dali.DaliConfig(dali_threads=threads)),
@@ -137,7 +137,7 @@ def time_one_pipeline(data_root: Path, backend: str, load: float | None, split: 
 
 
 def bench_pipelines_direct(data_root: Path, backends: Sequence[str], batch: int, threads: int, iters: int,
-                           repeats: int, hw_loads: Sequence[float]) -> dict:
+                           rounds: int, hw_loads: Sequence[float]) -> dict:
     """img/s of the DALI pipelines themselves (no MXNet iterator), ``dali-gpu`` once per hardware-decoder load.
     Each measurement runs in its own process, which leaves without tearing its pipeline down (DALI 1.35 can abort
     when a pipeline with batches still in flight is destroyed)."""
@@ -145,7 +145,7 @@ def bench_pipelines_direct(data_root: Path, backends: Sequence[str], batch: int,
     if "dali-gpu" in backends:
         cands = [("dali-gpu", load) for load in hw_loads] + cands
     results = {}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for backend, load in cands:
             name = backend if load is None else f"{backend} (hw decoder load {load:g})"
             r = results.setdefault(name, {"train": [], "val": []})
@@ -164,7 +164,7 @@ def build_parser() -> Parser:
     p.add_argument("--threads", type=int, default=available_cores(), help="threads for every tool and pipeline")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="pipeline batch size")
     p.add_argument("-i", "--iters", type=int, default=40, help="timed batches per pipeline measurement")
-    p.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
+    add_rounds_arg(p)
     p.add_argument("--backends", default=None,
                    help="comma-separated backends to time (default: dali-cpu,mxnet, plus dali-gpu with a GPU)")
     p.add_argument("--pipelines-only", action="store_true",
@@ -192,25 +192,25 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         nbytes = make_photo_tree(tmp / "raw" / "train", args.images)
         make_photo_tree(tmp / "raw" / "val", max(args.batch_size, args.images // 4), seed=1)
-        prep = {} if args.pipelines_only else bench_prepare(tmp / "raw" / "train", tmp, args.threads, args.repeats)
+        prep = {} if args.pipelines_only else bench_prepare(tmp / "raw" / "train", tmp, args.threads, args.rounds)
         run_child([sys.executable, ROOT / "tools" / "prepare_dataset.py", "--train-dir", tmp / "raw" / "train",
                   "--val-dir", tmp / "raw" / "val", "--data-root", tmp / "rec", "--quiet"], check=True,
                   stdout=subprocess.DEVNULL)
         if args.pipelines_only:
             pipes = bench_pipelines_direct(tmp / "rec", [b for b in backends if b.startswith("dali")],
-                                           args.batch_size, args.threads, args.iters, args.repeats,
+                                           args.batch_size, args.threads, args.iters, args.rounds,
                                            args.hw_decoder_loads)
         else:
             pipes = bench_pipelines(tmp / "rec", backends, args.batch_size, args.threads, args.iters,
-                                    args.repeats)
+                                    args.rounds)
     med = statistics.median
     env = {"cores": available_cores(), "threads": args.threads, "mxnet": mx.__version__,
            "dali": nvidia.dali.__version__, "images": args.images, "mean_jpeg_kb": round(nbytes / args.images / 1024),
-           "batch_size": args.batch_size, "image_shape": [3, 224, 224], "repeats": args.repeats,
+           "batch_size": args.batch_size, "image_shape": [3, 224, 224], "repeats": args.rounds,
            "gpu": gpu_name(), "through": "DALI pipeline" if args.pipelines_only else "toolkit iterator"}
     write_json(args.output, {"env": env, "prepare_s": prep, "pipelines_img_per_s": pipes})
     print(f"Data path, {args.images} JPEGs (mean {env['mean_jpeg_kb']} KB) from sklearn's photographs, "
-          f"{args.threads} threads, {env['cores']} cores; medians of {args.repeats} rounds")
+          f"{args.threads} threads, {env['cores']} cores; medians of {args.rounds} rounds")
     if env["gpu"]:
         print(f"GPU: {env['gpu']}")
     if prep:
@@ -220,8 +220,8 @@ def main(argv=None) -> int:
         for name, ts in prep.items():
             print(f"| {name} | {med(ts):.2f} | {args.images / med(ts):.0f} |")
     print(f"\nbatch {args.batch_size}, timed through the {env['through']}\n")
-    print(f"| backend | train img/s (decode + RRC 224 + flip + normalize) | val img/s (decode + resize 256 + "
-          f"center crop + normalize) |")
+    print("| backend | train img/s (decode + RRC 224 + flip + normalize) | val img/s (decode + resize 256 + "
+          "center crop + normalize) |")
     print("|---|---|---|")
     for backend, r in pipes.items():
         print(f"| {backend} | {med(r['train']):.0f} | {med(r['val']):.0f} |")
@@ -230,5 +230,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    with Children("bench_data.py"):  # a signal reaches the process it runs, and it ends with it
-        sys.exit(run_main(main))
+    sys.exit(run_tool(main, "bench_data.py"))

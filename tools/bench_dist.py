@@ -23,7 +23,7 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from common import Parser, UsageError, available_cores, run_main, write_json  # noqa: E402
+from common import Parser, UsageError, available_cores, run_main, setup_logging, write_json  # noqa: E402
 
 
 def gradient_shapes(num_classes: int = 1000) -> dict:
@@ -86,9 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = max(1, available_cores() // args.workers)
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", "--steps", str(args.steps), "--warmup",
             str(args.warmup), "-o", str(args.output)]
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     rc = launcher.launch(argv, dict(os.environ, OMP_NUM_THREADS=str(threads)), args.workers, args.workers,
                          launcher.Supervision(), threads)
     if rc != 0:

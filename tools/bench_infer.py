@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (Children, MALLOC_ENV, Parser, available_cores, cpu_bf16_flags, int_list, run_child,  # noqa: E402
-                    run_main, write_json)
+from common import (MALLOC_ENV, Parser, add_rounds_arg, available_cores, cpu_bf16_flags, int_list,  # noqa: E402
+                    rotated, run_child, run_tool, write_json)
 
 PCTS = (50, 90, 99)
 
@@ -67,10 +67,11 @@ def gluon_worker(batch: int, size: int, iters: int, dtype: str) -> dict:
         mx.nd.waitall()
         times.append(time.perf_counter() - t0)
     kept = times[warmup_iters(iters):]
-    return summarize(kept, batch)
+    return ips_and_latency(kept, batch)
 
 
-def summarize(times, batch: int) -> dict:
+def ips_and_latency(times, batch: int) -> dict:
+    """img/s and latency (mean and percentiles, ms) of batches of ``batch`` images that took ``times`` seconds."""
     ms = np.array(times) * 1000
     out = {"img_per_s": batch * len(times) / sum(times), "latency_ms_avg": float(ms.mean())}
     out.update({f"latency_ms_p{p}": float(np.percentile(ms, p)) for p in PCTS})
@@ -113,7 +114,7 @@ def build_parser() -> Parser:
     p.add_argument("--image-size", type=int, default=224, help="input side, px")
     p.add_argument("-i", "--iters", type=int, default=20,
                    help="batches per measurement, at least 256 / batch size (warmup left out)")
-    p.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
+    add_rounds_arg(p)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=bool(cpu_bf16_flags()),
                    help="also time bfloat16 scoring (default: when the CPU has AVX512_BF16 or AMX-BF16)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=argparse.SUPPRESS)
@@ -147,18 +148,18 @@ def main(argv=None) -> int:
     names = list(candidates)
     raw = {str(b): {n: [] for n in names} for b in args.batch_sizes}
     with tempfile.TemporaryDirectory(prefix="bench_infer.") as tmp:
-        for r in range(args.repeats):
+        for r in range(args.rounds):
             for b in args.batch_sizes:
-                for name in names[r % len(names):] + names[:r % len(names)]:
+                for name in rotated(names, r):
                     raw[str(b)][name].append(candidates[name](b, max(args.iters, 256 // b), Path(tmp)))
     med = {b: {n: {k: statistics.median(x[k] for x in runs) for k in runs[0]} for n, runs in by.items()}
            for b, by in raw.items()}
     env = {"cores": available_cores(), "omp_num_threads": available_cores(), "mxnet": mx.__version__,
-           "image_size": args.image_size, "iters": args.iters, "repeats": args.repeats,
+           "image_size": args.image_size, "iters": args.iters, "repeats": args.rounds,
            "bf16_cpu_flags": cpu_bf16_flags()}
     write_json(args.output, {"env": env, "raw": raw, "median": med})
     print(f"ResNet-50 v1.5 inference, {args.image_size} px, synthetic data, {env['cores']} cores; "
-          f"medians of {args.repeats} rounds of max({args.iters}, 256 / batch) batches")
+          f"medians of {args.rounds} rounds of max({args.iters}, 256 / batch) batches")
     print()
     print("| batch | candidate | img/s | vs Gluon float32 | latency avg ms | p50 | p90 | p99 |")
     print("|---|---|---|---|---|---|---|---|")
@@ -176,5 +177,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    with Children("bench_infer.py"):  # a signal reaches the process it runs, and it ends with it
-        sys.exit(run_main(main))
+    sys.exit(run_tool(main, "bench_infer.py"))

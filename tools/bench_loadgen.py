@@ -40,8 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (Children, MALLOC_ENV, Parser, UsageError, available_cores, cpu_model, run_child,  # noqa: E402
-                    run_main, write_json)
+from common import (MALLOC_ENV, Parser, UsageError, add_rounds_arg, available_cores, cpu_model, rotated,  # noqa: E402
+                    run_child, run_tool, write_json)
 
 SHAPE = "3,{0},{0}"
 SERVER_QUERIES = 600
@@ -139,7 +139,7 @@ def build_parser() -> Parser:
     p.add_argument("--image-size", type=int, default=224, help="input side, px")
     p.add_argument("--images", type=int, default=64, help="validation images made (LoadGen's sample library)")
     p.add_argument("--time", type=float, default=15.0, help="each LoadGen run's min_duration, seconds")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the Offline/runner comparison (medians)")
+    add_rounds_arg(p, "rounds of the Offline/runner comparison (medians)")
     p.add_argument("--max-latency", type=float, default=0.5,
                    help="Server's bound on the 99th percentile latency, seconds")
     p.add_argument("--server-steps", type=int, default=5, help="Server runs in the bisection per backend")
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         # Offline against the executor alone; the first Offline run also sizes the others (expected QPS)
         runner_ips, offline_sps, qps = [], [], 30.0
         for r in range(args.rounds):
-            for which in (("runner", "offline") if r % 2 == 0 else ("offline", "runner")):
+            for which in rotated(("runner", "offline"), r):
                 if which == "runner":
                     runner_ips.append(runner_scoring(batch, size, int(iters), work)["img_per_s"])
                 else:
@@ -246,5 +246,4 @@ def print_scenarios(result: dict, args) -> None:
 
 
 if __name__ == "__main__":
-    with Children("bench_loadgen.py"):  # a signal reaches the process it runs, and it ends with it
-        sys.exit(run_main(main))
+    sys.exit(run_tool(main, "bench_loadgen.py"))

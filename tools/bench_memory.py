@@ -16,16 +16,14 @@ and runs 3 iterations of ``forward_backward`` + ``update`` (SGD, momentum, weigh
     python tools/bench_memory.py --load m.json --fit # refit memory.FACTORS to earlier measurements
 
 The table gives measured and estimated MiB and their ratio. ``--fit`` prints the factors a fit of the measurements
-gives (``fit``) and compares with those instead of the shipped ones; memory.py's docstring has the table that set
-the shipped ones.
+gives (``fit_factors``) and compares with those instead of the shipped ones; memory.py's docstring has the table that
+set the shipped ones.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (Children, MALLOC_ENV, Parser, UsageError, available_cores, run_child, run_main,  # noqa: E402
+from common import (MALLOC_ENV, Parser, UsageError, available_cores, cpu_model, run_child, run_tool,  # noqa: E402
                     write_json)
 
 MiB = 1 << 20
@@ -159,7 +157,7 @@ def estimate_for(cfg: Config, factors: dict | None = None, runtime_bytes: int | 
                           runtime_bytes=memory.RUNTIME_BYTES if runtime_bytes is None else runtime_bytes)
 
 
-def fit(rows: list[dict]) -> tuple[dict, int]:
+def fit_factors(rows: list[dict]) -> tuple[dict, int]:
     """Factors for ``memory.FACTORS`` and a runtime size for ``memory.RUNTIME_BYTES`` from measured rows.
 
     Per mode, over the single-device rows, relative least squares of
@@ -221,17 +219,6 @@ DEFAULT_GRID = (
 QUICK_GRID = ("train:18:64:8", "train:50:64:32", "score:50:64:32")
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def table(rows: list[dict], factors: dict | None = None, runtime: int | None = None) -> str:
     """Markdown: configuration, measured and estimated MiB, their ratio; then the worst and lowest ratio."""
     lines = ["| configuration | measured MiB | estimated MiB | measured/estimated |", "|---|---:|---:|---:|"]
@@ -282,7 +269,7 @@ def main(argv=None) -> int:
         r["counts"] = asdict(counts_for(Config(**r["config"])))
     factors = runtime = None
     if args.fit:
-        factors, runtime = fit(rows)
+        factors, runtime = fit_factors(rows)
         print(f"fitted: RUNTIME_BYTES = {runtime / MiB:.0f} * MiB; FACTORS = "
               + ", ".join(f"{k}: (C {v[0] / MiB:.0f} MiB, K_STATE {v[1]}, K_DEV {v[2]}, K_ACT {v[3]})"
                           for k, v in factors.items()) + "\n")
@@ -294,5 +281,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    with Children("bench_memory.py"):  # a signal reaches the process it runs, and it ends with it
-        sys.exit(run_main(main))
+    sys.exit(run_tool(main, "bench_memory.py"))

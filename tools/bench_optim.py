@@ -36,7 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import Parser, UsageError, available_cores, cpu_model, run_main, write_json  # noqa: E402
+from common import (Parser, UsageError, add_rounds_arg, available_cores, cpu_model, rotated, run_main,  # noqa: E402
+                    write_json)
 
 CANDIDATES = ("sgd", "lars host", "lars host, per tensor", "lars multi", "lars multi, per tensor")
 
@@ -51,7 +52,7 @@ def build_parser() -> Parser:
     p.add_argument("--update-iters", type=int, default=8, help="timed updates per candidate and round (+1 left out)")
     p.add_argument("--step-iters", type=int, default=2,
                    help="timed full steps per candidate and round, after its updates (0: updates only)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported")
+    add_rounds_arg(p)
     p.add_argument("-o", "--output", type=Path, default=Path("bench-out/optim.json"), help="JSON with raw numbers")
     return p
 
@@ -118,8 +119,8 @@ def main(argv=None) -> int:
     upd = {c: [] for c in CANDIDATES}
     full = {c: [] for c in CANDIDATES}
     mod.forward_backward(batch)  # gradients for the first updates; later ones use those of the last step
-    for r in range(args.rounds):  # rotate the order each round: no candidate always runs first or last
-        for name in CANDIDATES[r % len(CANDIDATES):] + CANDIDATES[:r % len(CANDIDATES)]:
+    for r in range(args.rounds):
+        for name in rotated(CANDIDATES, r):
             make_optimizer(mod, name, kvstore)
             upd[name].append(statistics.median(time_calls(mod.update, args.update_iters, 1)) * 1e3)
             if args.step_iters:

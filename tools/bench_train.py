@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import Children, Parser, available_cores, cpu_bf16_flags, run_child, run_main, write_json  # noqa: E402
+from common import (Parser, add_rounds_arg, available_cores, cpu_bf16_flags, rotated, run_child,  # noqa: E402
+                    run_tool, write_json)
 
 
 def gluon_worker(kind: str, batch: int, size: int, iters: int) -> dict:
@@ -97,7 +98,7 @@ def build_parser() -> Parser:
     p.add_argument("--image-size", type=int, default=224, help="input side, px")
     p.add_argument("-i", "--iters", type=int, default=12,
                    help="iterations per measurement (the first max(1, iters // 10) left out)")
-    p.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported")
+    add_rounds_arg(p)
     p.add_argument("-o", "--output", type=Path, default=Path("bench-out/train.json"), help="JSON with raw numbers")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=bool(cpu_bf16_flags()),
                    help="also time bfloat16 training (default: when the CPU has AVX512_BF16 or AMX-BF16)")
@@ -129,8 +130,8 @@ def main(argv=None) -> int:
     params = {}
     with tempfile.TemporaryDirectory(prefix="bench_train.") as tmp:
         names = list(candidates)
-        for r in range(args.repeats):  # rotate the order each round: no candidate always runs first or last
-            for name in names[r % len(names):] + names[:r % len(names)]:
+        for r in range(args.rounds):
+            for name in rotated(names, r):
                 res = candidates[name](Path(tmp))
                 results[name].append(res["img_per_s"])
                 if "params" in res:
@@ -139,10 +140,10 @@ def main(argv=None) -> int:
     base = med["Gluon ResNet-50 v1.5, hybridized"]
     env = {"cores": available_cores(), "omp_num_threads": available_cores(), "mxnet": mx.__version__,
            "batch_size": args.batch_size, "image_size": args.image_size, "iters": args.iters,
-           "repeats": args.repeats, "dtype": "float32", "bf16_cpu_flags": cpu_bf16_flags()}
+           "repeats": args.rounds, "dtype": "float32", "bf16_cpu_flags": cpu_bf16_flags()}
     write_json(args.output, {"env": env, "img_per_s": results, "median": med, "gluon_params": params})
     print(f"ResNet-50 training, batch {args.batch_size}, {args.image_size} px, synthetic data, "
-          f"{env['cores']} cores; medians of {args.repeats} rounds of {args.iters} iterations")
+          f"{env['cores']} cores; medians of {args.rounds} rounds of {args.iters} iterations")
     print()
     print("| candidate | img/s (median) | runs | vs Gluon v1.5 |")
     print("|---|---|---|---|")
@@ -156,5 +157,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    with Children("bench_train.py"):  # a signal reaches the process it runs, and it ends with it
-        sys.exit(run_main(main))
+    sys.exit(run_tool(main, "bench_train.py"))

@@ -5,28 +5,30 @@ exported model against the checkpoint on real images before it is put in place.
     python tools/export_onnx.py runs/demo/model 30 --image-shape 3,32,32 --data-val data/demo/val.rec
     python tools/export_onnx.py /ckpt/rn50 90 -o /models/rn50.onnx
 
-The checkpoint (``PREFIX-symbol.json`` + ``PREFIX-NNNN.params``) is found and verified as ``--only-inference``
-finds it (``checkpoint.for_scoring``: the manifest's sizes and SHA-256, the model it records). The graph exported is
-the inference ResNet rebuilt by ``resnet.get_symbol`` in float32, NCHW, without fused operators: the classifier's
-output (the logits) followed by ``softmax``, not the training graph's ``SoftmaxOutput`` (whose label input mx2onnx
-cannot convert) nor its training-only parts (fp16/bf16 casts, NHWC transposes, fused batchnorm+relu, which ONNX
-runtimes do not need or know). The weights are made to fit it: float32, and convolution weights of an NHWC graph
-(NVIDIA's FP16 recipe) transposed from OHWI to OIHW, as the checkpoint's own ``-symbol.json`` says. The model, depth
-and class count come from the checkpoint's manifest; ``--num-layers``, ``--resnet-version`` and ``--num-classes``
-are needed only for plain MXNet weights without one (and must agree with it otherwise).
+The checkpoint (``PREFIX-symbol.json`` + ``PREFIX-NNNN.params``) is found and verified as ``--only-inference`` finds it
+(``checkpoint.for_scoring``: the manifest's sizes and SHA-256, the model it records). The graph exported is the
+inference ResNet rebuilt by ``resnet.get_symbol`` in float32, NCHW, without fused operators: the classifier's output
+(the logits) followed by ``softmax``, not the training graph's ``SoftmaxOutput`` (whose label input mx2onnx cannot
+convert) nor its training-only parts (fp16/bf16 casts, NHWC transposes, fused batchnorm+relu, which ONNX runtimes do not
+need or know). The weights are made to fit it (``checkpoint.load_for_inference``, as LoadGen's mxnet runtime loads
+them): float32, and convolution weights of an NHWC graph (NVIDIA's FP16 recipe) transposed from OHWI to OIHW, as the
+checkpoint's own ``-symbol.json`` says. The model, depth and class count come from the checkpoint's manifest;
+``--num-layers``, ``--resnet-version`` and ``--num-classes`` are needed only for plain MXNet weights without one (and
+must agree with it otherwise).
 
 The ONNX model: input ``data`` (N, C, H, W) float32, RGB, normalized as validation does it ((x - mean) / std, the
 ImageNet statistics on the 0-255 scale; C = 4 adds the zero channel of NVIDIA's FP16 recipe), N symbolic (any batch);
 outputs ``probabilities`` and ``logits``, both (N, classes). The weights are initializers only, not graph inputs, so
 runtimes can fold constants.
 
-The check: the exported model in onnxruntime (CPU) and the checkpoint in MXNet (a Module bound for inference) score
-the same batch: the first ``--check-images`` images of ``--data-val`` through the toolkit's validation pipeline
-(``dali-cpu``: resize the shorter side to 256/224 of the crop, center crop, normalize), or without ``--data-val``
-the two photographs shipped in scikit-learn, preprocessed the same way. The model is written (to a temporary file,
-renamed into place) only when every image's top-1 class agrees and the logits differ by at most ``--atol`` +
-``--rtol`` x the largest |logit| (float32 rounding grows with the activations: a checkpoint early in training, whose
-batchnorm statistics are still near their initial values, can have logits in the thousands).
+The check: the exported model in onnxruntime (CPU; a session opened as LoadGen's onnxruntime runtime opens it,
+``runtimes.open_session``) and the checkpoint in MXNet (a Module bound for inference) score the same batch: the first
+``--check-images`` images of ``--data-val`` through the toolkit's validation pipeline (``dali-cpu``: resize the shorter
+side to 256/224 of the crop, center crop, normalize), or without ``--data-val`` the two photographs shipped in
+scikit-learn, preprocessed the same way. The model is written (to a temporary file, renamed into place) only when every
+image's top-1 class agrees and the logits differ by at most ``--atol`` + ``--rtol`` x the largest |logit| (float32
+rounding grows with the activations: a checkpoint early in training, whose batchnorm statistics are still near their
+initial values, can have logits in the thousands).
 
 Exit status: 0 when exported and checked; 1 when the check failed (nothing written); 2 for bad input (flags, a
 missing or damaged checkpoint); 4 for a record of ``--data-val`` that cannot be decoded; 5 for an output that cannot
@@ -46,9 +48,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from common import (Parser, UsageError, atomic_path, available_cores, check_writable, finite_float,  # noqa: E402
-                    int_list, path_arg, run_main)
-from loadgen import ort_session  # noqa: E402
+from common import (Parser, ToolkitError, UsageError, atomic_path, available_cores, check_writable,  # noqa: E402
+                    finite_float, int_list, path_arg, run_main)
+from runtimes import open_session  # noqa: E402
 
 DEFAULT_SHAPE = (3, 224, 224)
 DEFAULT_ATOL = 1e-3  # |logit difference| accepted, plus DEFAULT_RTOL x the largest |logit|
@@ -62,7 +64,7 @@ LAYER_OPS = ("Convolution", "Pooling", "FullyConnected", *BATCHNORM_OPS)
 LAYER_ATTRS = ("kernel", "stride", "pad", "num_filter", "num_hidden", "pool_type", "global_pool", "eps", "fix_gamma")
 
 
-class CheckFailed(UsageError):
+class CheckFailed(ToolkitError):
     """The exported model does not score like the checkpoint (``run_main`` prints it as one line, exit 1)."""
 
     exit_status = 1
@@ -125,13 +127,8 @@ def load(prefix: Path, epoch: int, num_layers: int | None = None, num_classes: i
     train_sym = resnet.get_symbol(num_classes=model["num_classes"], num_layers=model["num_layers"],
                                   version=model["resnet_version"], batchnorm_eps=eps)
     layouts = {f"{n['name']}_weight": n.get("attrs", {}).get("layout") for n in nodes if n["op"] == "Convolution"}
-    arg, aux = checkpoint.load_params(ckpt)
-    arg = {k: _to_nchw_float32(v, layouts.get(k)) for k, v in arg.items()}
-    aux = {k: v.astype("float32") for k, v in aux.items()}
-    arg_shapes, _, aux_shapes = train_sym.infer_shape(data=(1, model["image_channels"], 224, 224))
-    want_arg = {n: s for n, s in zip(train_sym.list_arguments(), arg_shapes) if n not in ("data", "softmax_label")}
-    checkpoint.check_shapes(ckpt.files["params"], arg, aux, want_arg,
-                            dict(zip(train_sym.list_auxiliary_states(), aux_shapes)))
+    arg, aux = checkpoint.load_for_inference(ckpt, train_sym, (1, model["image_channels"], 224, 224),
+                                             lambda k, v: _to_nchw_float32(v, layouts.get(k)))
     _check_same_layers(path, nodes, json.loads(train_sym.tojson())["nodes"], model)
     logits = train_sym.get_children()[0]  # the classifier's output, below SoftmaxOutput
     symbol = mx.sym.Group([mx.sym.softmax(logits, axis=1, name=OUTPUTS[0]), mx.sym.identity(logits, name=OUTPUTS[1])])
@@ -150,7 +147,8 @@ def _saved_nodes(path: Path) -> list[dict]:
 
 
 def _to_nchw_float32(value, layout: str | None):
-    """A weight as the float32 NCHW graph needs it: an NHWC convolution's weight is OHWI, transposed to OIHW."""
+    """A weight as the float32 NCHW graph needs it: an NHWC convolution's weight is OHWI, transposed to OIHW (other
+    weights and the batchnorm statistics have no layout)."""
     value = value.astype("float32")
     return value.transpose((0, 3, 1, 2)) if layout == "NHWC" else value
 
@@ -291,7 +289,7 @@ def mxnet_outputs(model: InferenceModel, images: np.ndarray) -> tuple[np.ndarray
 def compare(model: InferenceModel, onnx_path: Path, images: np.ndarray, threads: int | None = None) -> Agreement:
     """Score ``images`` with the ONNX model in onnxruntime and with ``model`` in MXNet."""
     probs, logits = mxnet_outputs(model, images)
-    ort_probs, ort_logits = ort_session(onnx_path, threads).run(list(OUTPUTS), {"data": images})
+    ort_probs, ort_logits = open_session("onnxruntime", onnx_path, threads).run(list(OUTPUTS), {"data": images})
     return Agreement(len(images), float(np.abs(ort_logits - logits).max()), float(np.abs(ort_probs - probs).max()),
                      int((ort_logits.argmax(1) == logits.argmax(1)).sum()), float(np.abs(logits).max()))
 
