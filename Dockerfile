@@ -4,7 +4,7 @@
 #   docker build --build-arg BASE=ubuntu:20.04 --build-arg MXNET=mxnet==1.9.1 -t rn50-cpu .   # CPU image
 #   docker run --gpus all --rm -it --ipc=host -v /data/imagenet/train-val-recordio-passthrough:/data/imagenet/train-val-recordio-passthrough rn50 ./runner -n 8 -b 208
 #
-# Hopper (H100/H200) needs an NGC MXNet container instead: the PyPI GPU wheel has no sm_90 kernels (see README).
+# Hopper (H100/H200) needs an NGC MXNet container instead: the PyPI GPU wheel has no sm_90 kernels (see docs/gpus.md).
 ARG BASE=nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04
 FROM ${BASE}
 ARG MXNET=mxnet-cu112==1.9.1
@@ -28,8 +28,8 @@ RUN pip install --no-cache-dir -r requirements.txt -c constraints.txt nvidia-dal
  && if [ "$MXNET" != "mxnet==1.9.1" ]; then pip uninstall -y mxnet && pip install --no-cache-dir "$MXNET"; fi
 
 COPY runner train.py fit.py data.py dali.py datatypes.py resnet.py report.py checkpoint.py memory.py ./
-COPY recfile.py common.py gpu.py mlperf.py optim.py amp.py dist.py launcher.py benchmark.py loadgen.py Makefile pytest.ini ./
-COPY loadgen_plan.py loadgen_logs.py runtimes.py runtime_mxnet.py runtime_onnxruntime.py ./
+COPY recfile.py common.py gpu.py mlperf.py optim.py dist.py launcher.py benchmark.py loadgen.py Makefile pytest.ini ./
+COPY amp.py loadgen_plan.py loadgen_logs.py runtimes.py runtime_mxnet.py runtime_onnxruntime.py ./
 COPY tools/ tools/
 COPY examples/ examples/
 COPY tests/ tests/

@@ -1,4 +1,5 @@
-"""The README cannot drift: each of its commands is run here, and each --flag it names exists in a parser."""
+"""The manual cannot drift: each command of the README and of docs/ is run here, each --flag they and tests/README.md
+name exists in a parser, each report field is documented, and each of their links reaches a file and a heading."""
 from __future__ import annotations
 
 import json
@@ -12,9 +13,14 @@ from conftest import PY, ROOT, run
 
 README = (ROOT / "README.md").read_text()
 DOCS = {p.name: p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}
-MANUAL = "\n".join([README, *DOCS.values()])  # the README and docs/: both are checked
-COMMANDS = [line.strip() for text in (README, *DOCS.values()) for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+TESTS_README = (ROOT / "tests" / "README.md").read_text()
+PAGES = {ROOT / "README.md": README, **{ROOT / "docs" / name: text for name, text in DOCS.items()},
+         ROOT / "tests" / "README.md": TESTS_README}
+MANUAL = "\n".join(PAGES.values())  # the README, docs/ and tests/README.md: all are checked
+# In this order: the README's commands first (the docs' build on its training run), then docs/ by file name.
+COMMANDS = [line.strip() for text in PAGES.values() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
             for line in block.splitlines() if line.strip() and not line.startswith("#")]
+README_MAX_LINES = 550  # a manual: commands, flags, guarantees; measurements and investigations go to docs/
 # Flags of other programs the README mentions by name (im2rec.py's, NVIDIA's --test-io, docker's, the MLPerf
 # compliance checker's --usage, horovodrun's --gloo).
 EXTERNAL_FLAGS = {"--list", "--recursive", "--pass-through", "--test-io", "--rm", "--ipc", "--build-arg", "--usage",
@@ -61,6 +67,36 @@ def test_readme_flags_exist():
 def test_docs_are_linked_from_the_readme():
     for name in DOCS:
         assert f"docs/{name}" in README, name
+    assert "tests/README.md" in README
+
+
+def test_readme_is_a_manual():
+    assert len(README.splitlines()) <= README_MAX_LINES
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation other than '-' and '_' dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return {slug(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
+def test_links_reach_a_file_and_a_heading():
+    bad = []
+    for page, text in PAGES.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                bad.append(f"{page.name}: {target} (no such file)")
+            elif anchor and anchor not in anchors(dest.read_text()):
+                bad.append(f"{page.name}: {target} (no such heading)")
+    assert bad == []
 
 
 def test_readme_documents_every_report_field():
@@ -202,10 +238,10 @@ def _bench_dist(cmd, ctx):
 
 def _scaling_model(cmd, ctx):
     res = run(shlex.split(cmd.replace("python", PY, 1)), check=True)
-    assert res.stdout.count("Gb/s |") == 4, res.stdout  # the README's table is this output
+    assert res.stdout.count("Gb/s |") == 4, res.stdout  # docs/multinode.md's table is this output
     for row in res.stdout.splitlines():
         if row.startswith("| A100") or row.startswith("| H100"):
-            assert row in README, row
+            assert row in DOCS["multinode.md"], row
 
 
 def _benchmark(cmd, ctx):

@@ -21,7 +21,7 @@ What it does, each step a process of its own (OpenMP threads = the cores availab
 
     python tools/bench_loadgen.py          # what `make bench-loadgen` runs (and `make bench`)
 
-Prints markdown tables (the README's) and writes every number to ``-o`` (JSON). LoadGen runs are short
+Prints markdown tables (docs/loadgen.md's) and writes every number to ``-o`` (JSON). LoadGen runs are short
 (``--time``, not MLPerf's 600 s), so LoadGen may call a run INVALID for too few queries (MultiStream's early
 stopping, typically); the metrics are measured all the same, and only Server's VALID decides anything (its latency
 bound).

@@ -13,7 +13,7 @@ the keys, and pulls the sums back; the share of the node's own server stays on t
 2 x P values cross the node's link in each direction (full duplex, every node at once). Weak scaling at N nodes
 = N x compute / (compute + exchange), against one node (whose GPUs exchange over NVLink, not modelled).
 
-    python tools/scaling_model.py            # the README's table (A100 and H100 rates, fp16 gradients)
+    python tools/scaling_model.py            # docs/multinode.md's table (A100 and H100 rates, fp16 gradients)
 """
 from __future__ import annotations
 
