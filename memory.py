@@ -29,73 +29,10 @@ single-device state, measured with the ``device`` kvstore the toolkit uses.
 
 Calibration (CPU)
 -----------------
-``tools/bench_memory.py`` measures the peak resident set (``VmHWM``) of a fresh process per configuration running 3
-real training steps (``forward_backward`` + SGD ``update``, momentum 0.9, ``multi_precision``) or scoring passes on
-random data, set up as the runner sets up a CPU run (OpenMP threads = cores, ``MXNET_OPTIMIZER_AGGREGATION_SIZE=1``,
-``common.MALLOC_ENV`` when scoring; training with the fused batchnorm+relu, scoring with oneDNN's subgraph fusion).
-``--fit`` solves for the factors (relative least squares over the single-device runs, K_DEV from the two-device
-ones), then scales C, K_STATE and K_ACT up until no measurement exceeds its estimate. CPU (lscpu): "AMD EPYC",
-family 25 model 1 (Zen 3), KVM guest, 2 cores, AVX2, no AVX512 or AMX; MXNet 1.9.1 with oneDNN; float32.
-Measured/estimated over these 39 runs: 0.93 to 1.00 (a first fit on the first 25 rows predicted the 14 after them
-within 0.93 to 1.02; repeated runs of one configuration vary by about 1%). A full ``./runner -n 1 -b 32
---data-backend synthetic`` training run at 224 px peaked at 3906 MiB against an estimate of 3989 (0.98).
-
-    ======================================  ========  =========  =====
-    configuration (batch per process)       measured  estimated  ratio
-    ======================================  ========  =========  =====
-    train RN18 64px b8                        471 MiB     479 MiB  0.98
-    train RN18 64px b32                       521 MiB     537 MiB  0.97
-    train RN18 128px b16                      576 MiB     614 MiB  0.94
-    train RN18 224px b16                      906 MiB     931 MiB  0.97
-    train RN18 224px b32                     1385 MiB    1401 MiB  0.99
-    train RN50 32px b32                       763 MiB     763 MiB  1.00
-    train RN50 64px b8                        745 MiB     763 MiB  0.98
-    train RN50 64px b32                       927 MiB     966 MiB  0.96
-    train RN50 128px b16                     1158 MiB    1234 MiB  0.94
-    train RN50 224px b8                      1431 MiB    1519 MiB  0.94
-    train RN50 224px b16                     2220 MiB    2342 MiB  0.95
-    train RN50 224px b32                     3802 MiB    3989 MiB  0.95
-    train RN18 64px b32 10 cl                 505 MiB     528 MiB  0.96
-    train RN50 64px b8 10000 cl              1025 MiB    1075 MiB  0.95
-    train RN50 128px b16 x2 devices          1667 MiB    1795 MiB  0.93
-    score RN18 64px b32                       399 MiB     404 MiB  0.99
-    score RN18 224px b32                      567 MiB     576 MiB  0.98
-    score RN50 64px b8                        568 MiB     574 MiB  0.99
-    score RN50 64px b32                       577 MiB     590 MiB  0.98
-    score RN50 128px b32                      638 MiB     654 MiB  0.97
-    score RN50 224px b8                       625 MiB     634 MiB  0.99
-    score RN50 224px b32                      814 MiB     831 MiB  0.98
-    score RN50 224px b64                     1074 MiB    1094 MiB  0.98
-    score RN50 64px b8 10000 cl               813 MiB     813 MiB  1.00
-    score RN50 128px b32 x2 devices           796 MiB     822 MiB  0.97
-    train RN18 224px b32 x2 devices          1595 MiB    1658 MiB  0.96
-    train RN50 64px b32 x2 devices           1471 MiB    1528 MiB  0.96
-    score RN50 224px b32 x2 devices           995 MiB     999 MiB  1.00
-    train RN50 96px b16                       939 MiB     999 MiB  0.94
-    train RN18 160px b16                      658 MiB     699 MiB  0.94
-    score RN18 160px b64                      576 MiB     581 MiB  0.99
-    train RN34 128px b16                      784 MiB     844 MiB  0.93
-    train RN101 64px b16                     1158 MiB    1210 MiB  0.96
-    score RN101 128px b16                     839 MiB     858 MiB  0.98
-    train RN152 64px b8                      1353 MiB    1414 MiB  0.96
-    train RN50 224px b64                     6958 MiB    7283 MiB  0.96
-    score RN50 224px b128                    1597 MiB    1619 MiB  0.99
-    train RN18 32px b128                      535 MiB     538 MiB  0.99
-    score RN18 32px b256                      417 MiB     419 MiB  1.00
-    ======================================  ========  =========  =====
-
-What the factors say: a training process holds about 4.4 times the fp32 parameter bytes whatever the batch (K_STATE
-1.11 times the four counted copies: weights, gradients, momentum, host copy), a scoring process about 3.4 (1.70
-times weights and host copy). The rest is not attributed one by one: oneDNN's copies of the weights in its blocked
-layouts, initialization temporaries that glibc keeps, and for scoring the weights oneDNN's fusion makes (switching
-the fusion off, ``MXNET_SUBGRAPH_BACKEND=NONE``, saves 45 MiB for ResNet-50 at 64 px, batch 8). Activations follow
-the planner and stay linear in the batch up to the largest run: 98.6 MiB per ResNet-50 training image at 224 px from
-batch 8 to 64, where the planner says 106.25 at 4 bytes per element; scoring, 8.1 MiB per image, is the planner's
-7.0 plus the input twice, so oneDNN's reorder buffers need no term of their own. The one departure from the linear
-model is small images: at 64 px a ResNet-50 training image costs 7.6 MiB where the estimate says 8.4, and the
-intercept is 40 MiB above the one at 224 px (per-run buffers that do not scale with the pixels); C absorbs it. A
-second CPU device adds 1.3 times the single-device state when training (its own weights and gradients, plus the
-kvstore's copy of the weights, merge buffer and momentum) and 0.5 times when scoring.
+``tools/bench_memory.py`` measures the peak resident set of a fresh process per configuration and ``--fit`` solves
+for the factors, then scales C, K_STATE and K_ACT up until no measurement exceeds its estimate (the estimate is at
+least every measured peak). The 39 measurements, the CPU they were made on and what the factors say are in
+``docs/performance.md`` ("Memory").
 
 bfloat16 cannot run on that CPU (no AVX512_BF16 or AMX-BF16): its estimate is the same formula over the bfloat16
 graph (2-byte activations where the graph computes in bfloat16, fp32 weights and optimizer state, the 2-byte weight

@@ -11,19 +11,4 @@
 #   DATA_ROOT the RecordIO folder with val.rec and val.idx (default /data/imagenet/train-val-recordio-passthrough)
 #   USER_CONF a LoadGen user.conf: LoadGen's mlperf.conf, then this file, override the settings here (an official run)
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [[ $# -gt 0 && -d "$1" && -x "$1/runner" ]]; then root="$1"; shift; fi
-if [[ $# -lt 2 ]]; then
-    echo "usage: examples/LOADGEN_Offline.sh [toolkit dir] <model prefix> <epoch> [flags ...]" >&2; exit 2
-fi
-prefix="$1" epoch="$2"; shift 2
-py="$root/.venv/bin/python"; [[ -x "$py" ]] || py=python3
-out="${OUT:-runs/loadgen/Offline}"
-args=(--scenario Offline --model-prefix "$prefix" --load-epoch "$epoch"
-      --data-root "${DATA_ROOT:-/data/imagenet/train-val-recordio-passthrough}" --time "${TIME:-600}"
-      --dtype float16 --input-layout NHWC --conv-layout NHWC --batchnorm-layout NHWC --pooling-layout NHWC
-      --image-shape 4,224,224 --fuse-bn-relu 1 --fuse-bn-add-relu 1 --max-batchsize 208 --threads 2
-      --qps "${QPS:-2500}")
-if [[ -n "${USER_CONF:-}" ]]; then args+=(--user-conf "$USER_CONF"); fi
-"$py" "$root/loadgen.py" "${args[@]}" --output "$out/performance" "$@"
-exec "$py" "$root/loadgen.py" "${args[@]}" --accuracy --output "$out/accuracy" "$@"
+exec "$(dirname "${BASH_SOURCE[0]}")/loadgen_gpu.sh" Offline --max-batchsize 208 --threads 2 --qps "${QPS:-2500}" -- "$@"
