@@ -35,8 +35,8 @@ import mxnet as mx
 import numpy as np
 
 import recfile
-from common import (DataError, Parser, UsageError, available_cores, config_from, float_list, int_list, num_gpus,
-                    path_arg, run_main)
+from common import (DataError, Parser, UsageError, available_cores, check_image_shape, config_from, float_list,
+                    int_list, num_gpus, path_arg, run_main)
 from datatypes import LABEL_NAME, RGB_MEAN, RGB_STD, DataConfig, DataIterBase
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,7 @@ def resolve(cfg: DataConfig, have_gpu: bool = False) -> DataConfig:
     """``cfg`` checked (``UsageError`` naming the flag) with its machine-dependent defaults filled in: the backend,
     the index paths, the validation resize, the dtype of the batches (float32 for all but float16 training)."""
     backend = cfg.data_backend or default_backend(have_gpu)
-    shape = tuple(cfg.image_shape)
-    if len(shape) != 3 or shape[0] not in (3, 4) or min(shape[1:]) < 1:
-        raise UsageError(f"--image-shape {','.join(map(str, shape))}: expected C,H,W with C 3 or 4")
+    shape = check_image_shape(cfg.image_shape)
     for flag, v in (("--rgb-mean", cfg.rgb_mean), ("--rgb-std", cfg.rgb_std)):
         if len(v) != 3 or not all(math.isfinite(x) for x in v):
             raise UsageError(f"{flag}: expected 3 comma-separated finite values, got {len(v)}")

@@ -48,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from common import check_image_shape as common_check_image_shape  # noqa: E402
 from common import (Parser, ToolkitError, UsageError, atomic_path, available_cores, check_writable,  # noqa: E402
                     finite_float, int_list, path_arg, run_main)
 from runtimes import open_session  # noqa: E402
@@ -92,12 +93,8 @@ def default_output(prefix: Path, epoch: int) -> Path:
 
 
 def check_image_shape(shape: Sequence[int]) -> tuple[int, int, int]:
-    """``shape`` as C,H,W, or a ``UsageError`` naming ``--image-shape``."""
-    shape = tuple(shape)
-    if len(shape) != 3 or shape[0] not in (3, 4) or min(shape[1:]) < 32:
-        raise UsageError(f"--image-shape {','.join(map(str, shape))}: expected C,H,W with C 3 (or 4, NVIDIA's FP16 "
-                         "recipe) and H, W at least 32, e.g. 3,224,224")
-    return shape
+    """``shape`` as C,H,W for the exported model (``common.check_image_shape``: ResNet's five halvings need 32 px)."""
+    return common_check_image_shape(shape, min_side=32)
 
 
 def load(prefix: Path, epoch: int, num_layers: int | None = None, num_classes: int | None = None,
