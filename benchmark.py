@@ -121,7 +121,7 @@ def runner_cmd(args, extra, dtype, n, bs, report: Path, w: int = 1) -> list:
     return cmd + extra
 
 
-def run_cell(args, extra, dtype, n, bs, run_dir: Path, w: int = 1, kids: Children | None = None) -> dict:
+def run_cell(args, extra, dtype, n, bs, run_dir: Path, w: int, kids: Children) -> dict:
     """Run one configuration; return ``{"values": {key: number}}`` or ``{"error": str}``, plus run details."""
     tag = f"{dtype or 'default'}-n{n}-b{bs}" + (f"-w{w}" if w > 1 else "")
     report, logf = run_dir / f"{tag}.json", run_dir / f"{tag}.log"
@@ -131,14 +131,13 @@ def run_cell(args, extra, dtype, n, bs, run_dir: Path, w: int = 1, kids: Childre
     info = {"report": str(report), "log": str(logf), "cmd": cmd}
     t0 = time.perf_counter()
     with open(logf, "wb") as log:
-        proc = (kids or Children()).popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = kids.popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
             end_groups([proc], grace=15.0)
             rc = None
-    if kids is not None:
-        kids.check()  # a signal was passed on to the runner, which has ended: the sweep stops here
+    kids.check()  # a signal was passed on to the runner, which has ended: the sweep stops here
     info["wall_s"] = round(time.perf_counter() - t0, 2)
     info["exit_status"] = rc
     if rc is None:
