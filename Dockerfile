@@ -29,7 +29,7 @@ RUN pip install --no-cache-dir -r requirements.txt -c constraints.txt nvidia-dal
 
 COPY runner train.py fit.py data.py dali.py datatypes.py resnet.py report.py checkpoint.py memory.py ./
 COPY recfile.py common.py gpu.py mlperf.py optim.py dist.py launcher.py benchmark.py loadgen.py Makefile pytest.ini ./
-COPY amp.py loadgen_plan.py loadgen_logs.py runtimes.py runtime_mxnet.py runtime_onnxruntime.py ./
+COPY amp.py loadgen_plan.py loadgen_logs.py runtimes.py runtime_mxnet.py runtime_onnxruntime.py runtime_openvino.py calibration.py ./
 COPY tools/ tools/
 COPY examples/ examples/
 COPY tests/ tests/

@@ -246,10 +246,13 @@ def for_resume(prefix: Path, epoch: int | None, model: dict) -> Checkpoint | Non
     raise UsageError(f"{flag}: no complete checkpoint to resume from ({'; '.join(reasons)})")
 
 
+SCORES_ALIKE = {"float32", "bfloat16"}  # checkpoints of either dtype hold float32 weights: scored in either
+
+
 def for_scoring(prefix: Path, epoch: int, model: dict) -> Checkpoint:
     """The weights ``--only-inference --load-epoch`` scores: the complete checkpoint (else the partial one) of that
-    number. Its params must match the manifest; weights without a manifest (plain MXNet) are scored with a
-    warning."""
+    number. Its params must match the manifest (a float32 or bfloat16 checkpoint is scored in either dtype); weights
+    without a manifest (plain MXNet) are scored with a warning."""
     same = [c for c in listing(prefix) if c.epoch == epoch]
     if not same:
         found = ", ".join(c.files["params"].name for c in listing(prefix)) or "none"
@@ -259,13 +262,49 @@ def for_scoring(prefix: Path, epoch: int, model: dict) -> Checkpoint:
     why = problem(ckpt, with_states=False)
     if why is None:
         ckpt = _with_meta(ckpt)
+        check_precision(ckpt, model.get("dtype"))
+        saved = ckpt.meta.get("model", {}).get("dtype")
+        if {saved, model.get("dtype")} <= SCORES_ALIKE:  # float32 master weights either way
+            model = {k: v for k, v in model.items() if k != "dtype"}
         check_model(ckpt, model)
     elif why[0] == "corrupt":
         raise UsageError(f"--load-epoch {epoch}: {why[1]}")
     else:
+        check_precision(ckpt, model.get("dtype"))
         log.warning("%s: no manifest, so its completeness cannot be checked; scoring the weights as they are",
                     ckpt.files["params"])
     return ckpt
+
+
+def check_precision(ckpt: Checkpoint, dtype: str | None) -> None:
+    """An INT8 checkpoint (``tools/quantize.py``: its manifest has ``quantization``) is scored with ``--dtype int8``,
+    and only it: a ``UsageError`` naming the file otherwise."""
+    int8 = bool(ckpt.meta.get("quantization"))
+    if dtype == "int8" and not ckpt.meta:
+        raise UsageError(f"{ckpt.files['params']}: --dtype int8 takes an INT8 checkpoint with its manifest, and this "
+                         "one has none; make one with tools/quantize.py --backend mxnet")
+    if dtype == "int8" and not int8:
+        raise UsageError(f"{ckpt.files['manifest']}: a {ckpt.meta.get('model', {}).get('dtype', 'float32')} "
+                         "checkpoint, not an INT8 one; make its INT8 form with tools/quantize.py --backend mxnet and "
+                         "score that (<prefix>-int8)")
+    if int8 and dtype != "int8":
+        raise UsageError(f"{ckpt.files['manifest']}: an INT8 checkpoint (tools/quantize.py); score it with --dtype "
+                         "int8")
+
+
+def int8_symbol(ckpt: Checkpoint) -> mx.sym.Symbol:
+    """The INT8 checkpoint's own graph (the quantized one, not one the flags build)."""
+    try:
+        return mx.sym.load(str(ckpt.files["symbol"]))
+    except (mx.base.MXNetError, OSError) as err:
+        raise UsageError(f"{ckpt.files['symbol']}: cannot be read as an MXNet symbol ({last_line(err)[:200]})") \
+            from None
+
+
+def int8_model(ckpt: Checkpoint, data_shape: tuple) -> tuple:
+    """(symbol, arg params, aux params) of the INT8 checkpoint ``ckpt``, checked against its graph."""
+    sym = int8_symbol(ckpt)
+    return (sym, *load_for_inference(ckpt, sym, data_shape))
 
 
 def load_params(ckpt: Checkpoint) -> tuple[dict, dict]:
@@ -287,16 +326,28 @@ def load_for_inference(ckpt: Checkpoint, sym: mx.sym.Symbol, data_shape: tuple,
     """A model from a checkpoint: the weights of ``ckpt`` (``for_scoring``'s) for the network ``sym``, as (arg
     params, aux params), each array passed through ``convert(name, array)`` first when given (an export's dtype and
     layout), then checked against the shapes ``sym`` infers for an input of ``data_shape`` (``check_shapes``: a
-    one-line ``UsageError`` naming the flag that differs). Training's resume and scoring (``fit.load_weights``),
+    one-line ``UsageError`` naming the flag that differs). A weight the graph declares in bfloat16 (the scoring
+    graph's, ``resnet.get_symbol``'s ``bf16_weights``) is cast to it. Training's resume and scoring (``fit.load_weights``),
     LoadGen's mxnet runtime and the ONNX export load their weights through it."""
     arg, aux = load_params(ckpt)
     if convert is not None:
         arg = {k: convert(k, v) for k, v in arg.items()}
         aux = {k: convert(k, v) for k, v in aux.items()}
+    arg = to_declared_dtypes(sym, arg)
     arg_shapes, _, aux_shapes = sym.infer_shape(data=data_shape)
     want_arg = {n: s for n, s in zip(sym.list_arguments(), arg_shapes) if n not in ("data", "softmax_label")}
     check_shapes(ckpt.files["params"], arg, aux, want_arg, dict(zip(sym.list_auxiliary_states(), aux_shapes)))
     return arg, aux
+
+
+def to_declared_dtypes(sym: mx.sym.Symbol, arg: dict) -> dict:
+    """``arg`` with each array the graph declares as a bfloat16 variable cast to bfloat16 (checkpoints hold float32
+    master weights)."""
+    from mxnet.contrib.amp.amp import bfloat16
+
+    declared = {name: attrs["__dtype__"] for name, attrs in sym.attr_dict().items() if "__dtype__" in attrs}
+    want = {name for name, code in declared.items() if int(code) == 12}  # 12: MXNet's type flag of bfloat16
+    return {k: mx.nd.amp_cast(v, dtype=bfloat16) if k in want and v.dtype != bfloat16 else v for k, v in arg.items()}
 
 
 def check_shapes(path: Path, arg: dict, aux: dict, expected_arg: dict, expected_aux: dict) -> None:

@@ -87,14 +87,20 @@ def enable_amx() -> bool:
 
 
 def check_dtype(dtype: str, device_type: str) -> None:
-    """The one rule of precision against device: float16 needs a GPU, bfloat16 a CPU with AVX512_BF16 or AMX-BF16;
-    a ``UsageError`` naming ``--dtype`` otherwise."""
+    """The one rule of precision against device: float16 needs a GPU, bfloat16 a CPU with AVX512_BF16 or AMX-BF16,
+    int8 a CPU; a ``UsageError`` naming ``--dtype`` otherwise."""
     if dtype == "float16" and device_type == "cpu":
         raise UsageError(FP16_NEEDS_GPU)
+    if dtype == "int8" and device_type != "cpu":
+        raise UsageError("--dtype int8 is for CPUs (MXNet's INT8 is oneDNN's); on a GPU use --dtype float16")
     if dtype == "bfloat16":
         if device_type != "cpu":
             raise UsageError(BF16_NEEDS_CPU)
         check_bf16_cpu()
+
+
+INT8_SCORES_ONLY = ("--dtype int8 scores an INT8 checkpoint (tools/quantize.py writes it): add --only-inference and "
+                    "--load-epoch; training runs in float32, bfloat16 or float16")
 
 
 def check_image_shape(shape, min_side: int = 1) -> tuple[int, int, int]:

@@ -57,9 +57,10 @@ def add_fit_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--kv-store", choices=("device", "local", "dist_sync", "dist_device_sync", "horovod"),
                    default="device", help="gradient aggregation (dist_*: set by ./runner --workers, one job of "
                                           "several processes; horovod: by ./runner --kv-store horovod)")
-    g.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+    g.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "int8"), default="float32",
                    help="compute dtype: float16 on GPUs; bfloat16 on CPUs with AVX512_BF16/AMX (fp32 master weights, "
-                        "batchnorm statistics and loss)")
+                        "batchnorm statistics and loss); int8: --only-inference of an INT8 checkpoint "
+                        "(tools/quantize.py)")
     g.add_argument("--batch-size", type=int, default=256, help="global batch (all devices; the runner sets it)")
     g.add_argument("--num-epochs", type=int, default=90, help="epochs to train")
     g.add_argument("--lr", type=finite_float, default=0.1, help="learning rate for the global batch")
@@ -411,6 +412,18 @@ def create_module(sym, contexts, shapes, for_training: bool) -> mx.mod.Module:
     return mod
 
 
+def init_random(mod: mx.mod.Module, sym, initializer) -> None:
+    """Random weights (throughput only) for a module bound for inference, each in the dtype its graph declares
+    (``checkpoint.to_declared_dtypes``: MXNet's initializers fill float32 arrays only)."""
+    arg_shapes, _, aux_shapes = sym.infer_shape(data=mod.data_shapes[0].shape)
+    arg = {n: mx.nd.zeros(s) for n, s in zip(sym.list_arguments(), arg_shapes) if n not in ("data", "softmax_label")}
+    aux = {n: mx.nd.zeros(s) for n, s in zip(sym.list_auxiliary_states(), aux_shapes)}
+    attrs = sym.attr_dict()
+    for name, array in {**arg, **aux}.items():
+        initializer(mx.init.InitDesc(name, attrs.get(name)), array)  # as Module.init_params: the graph's init attrs
+    mod.init_params(None, arg_params=checkpoint.to_declared_dtypes(sym, arg), aux_params=aux, allow_missing=False)
+
+
 def load_weights(mod: mx.mod.Module, sym: mx.sym.Symbol, ckpt: checkpoint.Checkpoint, data_shape,
                  extra_args: dict | None = None) -> None:
     """Set ``mod``'s parameters from ``ckpt``, after checking they fit the model (a ``UsageError`` naming the flag
@@ -751,7 +764,7 @@ def score(cfg: FitConfig, sym, contexts, val_it, report, initializer, global_bat
         load_weights(mod, sym, ckpt, val_it.provide_data[0].shape)
     else:
         log.warning("no --load-epoch: scoring random weights (throughput only)")
-        mod.init_params(initializer)
+        init_random(mod, sym, initializer)
     for rep in range(cfg.num_epochs):
         meter = Meter(not cfg.no_metrics)
         state = run_epoch(mod, val_it, meter, False, stop)

@@ -146,7 +146,8 @@ from loadgen_logs import LOADGEN_LOGS, RESPONSE_DTYPE, accuracy, detail_messages
 from loadgen_plan import (PERFORMANCE_SAMPLES, SCENARIOS, LoadGenConfig, TestPlan, check_fits,  # noqa: E402
                           duration_text, duration_warning, expected_seconds, far_beyond, make_settings, memory_need,
                           plan_test, plan_text, scenario_batch, settings_line, time_batch)
-from runtimes import RUNTIMES, ModelSpec, Runtime, open_runtime  # noqa: E402
+import calibration  # noqa: E402
+from runtimes import FILE_RUNTIMES, RUNTIMES, ModelSpec, Runtime, open_runtime  # noqa: E402
 
 log = logging.getLogger("loadgen")
 
@@ -218,14 +219,16 @@ def _add_model_args(p: Parser) -> None:
 
     m = p.add_argument_group("Model", "the network and its weights")
     m.add_argument("--backend", choices=tuple(RUNTIMES), default="mxnet", help="inference runtime")
-    m.add_argument("--onnx", type=path_arg, default=None,
-                   help="onnxruntime: the ONNX model (default: <model-prefix>-<epoch:04d>.onnx, as "
-                        "tools/export_onnx.py writes it)")
+    m.add_argument("--model-file", "--onnx", dest="model_file", type=path_arg, default=None,
+                   help="onnxruntime, openvino: the model file (default: <model-prefix>-<epoch:04d>.onnx as "
+                        "tools/export_onnx.py writes it; --dtype int8: the -int8.onnx or -int8.xml that "
+                        "tools/quantize.py writes)")
     m.add_argument("--model-prefix", type=path_arg, default=None, help="checkpoint prefix")
     m.add_argument("--load-epoch", type=int, default=None,
                    help="checkpoint NNNN of --model-prefix (mxnet without it: random weights, throughput only)")
-    m.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
-                   help="compute dtype (mxnet): float16 on GPUs, bfloat16 on CPUs with AVX512_BF16 or AMX")
+    m.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "int8"), default="float32",
+                   help="precision: float16 (mxnet on GPUs), bfloat16 (mxnet, openvino; CPUs with AVX512_BF16 or "
+                        "AMX), int8 (the models tools/quantize.py writes)")
     m.add_argument("--num-classes", type=int, default=1000, help="number of classes")
     m.add_argument("--image-shape", type=int_list, default=(3, 224, 224),
                    help="C,H,W of the network input (C=4: NVIDIA's zero 4th channel of the FP16 recipe)")
@@ -259,26 +262,32 @@ def model_spec(args, gpus: int) -> ModelSpec:
     if args.load_epoch is not None and args.load_epoch < 0:
         raise UsageError(f"--load-epoch {args.load_epoch}: must be at least 0")
     device = "gpu" if gpus else "cpu"
-    onnx = None
-    if args.backend == "onnxruntime":
-        if args.dtype != "float32":
-            raise UsageError(f"--dtype {args.dtype}: --backend onnxruntime runs the exported float32 model; use "
-                             "--dtype float32 (or --backend mxnet)")
-        if args.input_layout != "NCHW":
-            raise UsageError("--input-layout NHWC: the ONNX model's input is N,C,H,W; leave --input-layout out")
-        onnx = args.onnx
-        if onnx is None:
-            if args.model_prefix is None or args.load_epoch is None:
-                raise UsageError("--backend onnxruntime needs --onnx PATH (or --model-prefix and --load-epoch: "
-                                 "<prefix>-<epoch:04d>.onnx, as tools/export_onnx.py writes it)")
-            onnx = Path(f"{args.model_prefix}-{args.load_epoch:04d}.onnx")
-        device = "cpu"  # the session picks its providers; the QSL's tensors are on the host either way
-    else:
-        if args.onnx is not None:
-            raise UsageError("--onnx is for --backend onnxruntime")
-        check_dtype(args.dtype, device)
-    return ModelSpec(args.backend, args.dtype, device, args.model_prefix, args.load_epoch, onnx, args.num_classes,
-                     shape, args.input_layout, config_from(resnet.ModelConfig, args))
+    model_file = None
+    if args.backend in FILE_RUNTIMES:
+        model_file = _model_file(args)
+        device = "cpu"  # the runtime picks its devices; the QSL's tensors are on the host either way
+    elif args.model_file is not None:
+        raise UsageError(f"--model-file is for --backend {' or '.join(FILE_RUNTIMES)}; --backend mxnet runs "
+                         "--model-prefix and --load-epoch")
+    calibration.check_dtype(args.backend, args.dtype, device)
+    if args.dtype == "int8" and args.backend == "mxnet" and args.load_epoch is None:
+        raise UsageError("--dtype int8 needs the INT8 checkpoint: --model-prefix and --load-epoch (tools/quantize.py "
+                         "writes it)")
+    return ModelSpec(args.backend, args.dtype, device, args.model_prefix, args.load_epoch, model_file,
+                     args.num_classes, shape, args.input_layout, config_from(resnet.ModelConfig, args))
+
+
+def _model_file(args) -> Path:
+    """The model file of onnxruntime or openvino: ``--model-file``, else the name ``tools/export_onnx.py`` (float32)
+    or ``tools/quantize.py`` (int8) gives it."""
+    if args.input_layout != "NCHW":
+        raise UsageError("--input-layout NHWC: the ONNX model's input is N,C,H,W; leave --input-layout out")
+    if args.model_file is not None:
+        return args.model_file
+    if args.model_prefix is None or args.load_epoch is None:
+        raise UsageError(f"--backend {args.backend} needs --model-file PATH (or --model-prefix and --load-epoch: the "
+                         "file tools/export_onnx.py, or for --dtype int8 tools/quantize.py, writes)")
+    return calibration.default_model_file(args.model_prefix, args.load_epoch, args.backend, args.dtype)
 
 
 def data_config(args, batch: int):
@@ -328,9 +337,8 @@ def check_files(args, spec: ModelSpec, dcfg) -> None:
             raise UsageError(f"--count {args.count}: {rec} has only {records} records")
     if args.user_conf is not None and not args.user_conf.is_file():
         raise UsageError(f"--user-conf {args.user_conf}: file not found")
-    if spec.backend == "onnxruntime" and not spec.onnx.is_file():
-        raise UsageError(f"--onnx {spec.onnx}: file not found (export the checkpoint with tools/export_onnx.py "
-                         "PREFIX EPOCH)")
+    if spec.model_file is not None:
+        calibration.check_model_file(spec.model_file, spec.backend, spec.dtype)
 
 
 def warn_audit_config() -> None:
@@ -822,7 +830,7 @@ def dry_run(argv: Sequence[str], args, cfg: LoadGenConfig, spec: ModelSpec) -> i
     scenario = cfg.scenarios[0]
     settings = make_settings(lg, cfg, scenario)
     model = spec.describe()
-    weights = model.get("onnx") or model.get("checkpoint") or "random weights"
+    weights = model.get("model_file") or model.get("checkpoint") or "random weights"
     print(f"{scenario} {cfg.mode}: {spec.backend} {spec.dtype} on {spec.device}, ResNet-{spec.model.num_layers} "
           f"{weights}, batch <= {cfg.max_batchsize}, {cfg.threads} thread(s), QSL {cfg.count or 'all of val.rec'}, "
           f"output {cfg.output}; {settings_line(settings)}")

@@ -2,7 +2,8 @@
 (``runtimes.inference_symbol``) with a checkpoint's weights, or random ones without ``--load-epoch`` (throughput
 only), in a Module bound for inference (``fit.create_module``: the executor ``--only-inference`` scores with, MXNet's
 default oneDNN subgraph fusion on CPU). The weights are checked as for scoring (``checkpoint.for_scoring``: the
-manifest, the model it records; ``checkpoint.load_for_inference``: the shapes).
+manifest, the model it records; ``checkpoint.load_for_inference``: the shapes). ``--dtype int8`` runs an INT8
+checkpoint (``tools/quantize.py``) in its own quantized graph (``checkpoint.int8_model``).
 
 Batches: the module is bound at ``--max-batchsize`` and, when first needed, at every power of two below it, the
 smaller ones sharing the largest one's parameters and memory. A batch of another size runs as the largest of these
@@ -44,20 +45,26 @@ class MXNetRuntime:
         self.name = "mxnet"
         self.mx, self.spec, self.dcfg = mx, spec, dcfg
         self.ctx = mx.gpu(0) if spec.device == "gpu" else mx.cpu()
-        self.sym = inference_symbol(spec)
         self.sizes = batch_sizes(max_batch)
         self.hook = FailHook()
         self._lock = threading.Lock()
-        base = fit.create_module(self.sym, [self.ctx], self._shapes(max_batch), for_training=False)
-        if spec.model_prefix is not None:
+        data_shape = self._shapes(max_batch)[0][0].shape
+        arg = aux = None
+        self.sym = inference_symbol(spec)
+        if spec.model_prefix is not None and spec.load_epoch is not None:
             model = {"num_layers": spec.model.num_layers, "resnet_version": spec.model.resnet_version,
                      "num_classes": spec.num_classes, "image_channels": spec.image_shape[0], "dtype": spec.dtype}
             ckpt = checkpoint.for_scoring(spec.model_prefix, spec.load_epoch, model)
-            arg, aux = checkpoint.load_for_inference(ckpt, self.sym, self._shapes(max_batch)[0][0].shape)
+            if spec.dtype == "int8":  # the checkpoint's own quantized graph
+                self.sym, arg, aux = checkpoint.int8_model(ckpt, data_shape)
+            else:
+                arg, aux = checkpoint.load_for_inference(ckpt, self.sym, data_shape)
+        base = fit.create_module(self.sym, [self.ctx], self._shapes(max_batch), for_training=False)
+        if arg is not None:
             base.init_params(None, arg_params=arg, aux_params=aux, allow_missing=False)
         else:
             log.warning("no --load-epoch: random weights (throughput only; the accuracy means nothing)")
-            base.init_params(resnet.initializer())
+            fit.init_random(base, self.sym, resnet.initializer())
         self.mods = {max_batch: base}
 
     def describe(self) -> dict:

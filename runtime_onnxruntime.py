@@ -1,11 +1,12 @@
 """The ``onnxruntime`` runtime of ``loadgen.py`` (``runtimes.py`` has the interface): an ``InferenceSession`` on
-``--onnx`` (default ``<model-prefix>-<epoch:04d>.onnx``, as ``tools/export_onnx.py`` writes it): input ``data``
+``--model-file`` (default ``<model-prefix>-<epoch:04d>.onnx``, as ``tools/export_onnx.py`` writes it; with ``--dtype
+int8`` ``<model-prefix>-<epoch:04d>-int8.onnx``, its QDQ form that ``tools/quantize.py`` writes): input ``data``
 (N, C, H, W) float32, any N, first output the class probabilities (the predicted class is their argmax).
 
 ``session`` is the toolkit's one way to open its ONNX models (``tools/export_onnx.py`` checks its export with it,
 through ``runtimes.open_session``): CUDA first where this onnxruntime has it, then the CPU. The SUT's worker
 threads run their batches at once, each on ``cores // --threads`` intra-op threads. A file onnxruntime cannot load,
-or whose input or classes are not those of the flags, is a one-line ``UsageError`` naming ``--onnx``.
+or whose input or classes are not those of the flags, is a one-line ``UsageError`` naming ``--model-file``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def session(path: Path, threads: int | None = None):
 
 
 class OnnxRuntime:
-    """A ``session`` on ``spec.onnx``, checked against the flags. Sessions run concurrently from several
+    """A ``session`` on ``spec.model_file``, checked against the flags. Sessions run concurrently from several
     threads."""
 
     def __init__(self, spec: ModelSpec, threads: int):
@@ -38,19 +39,19 @@ class OnnxRuntime:
         self.hook = FailHook()
         per_thread = max(1, available_cores() // threads)
         try:
-            self.session = session(spec.onnx, per_thread)
+            self.session = session(spec.model_file, per_thread)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... for a file it cannot load
             reason = [ln for ln in str(err).splitlines() if ln.strip()]
-            raise UsageError(f"--onnx {spec.onnx}: onnxruntime cannot load it ({(reason or ['?'])[-1][:200]})") \
-                from None
+            raise UsageError(f"--model-file {spec.model_file}: onnxruntime cannot load it "
+                             f"({(reason or ['?'])[-1][:200]})") from None
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         want = [spec.image_shape[0], spec.image_shape[1], spec.image_shape[2]]
         if inp.name != "data" or list(inp.shape[1:]) != want:
-            raise UsageError(f"--onnx {spec.onnx}: its input is {inp.name} {inp.shape}, this run feeds data "
+            raise UsageError(f"--model-file {spec.model_file}: its input is {inp.name} {inp.shape}, this run feeds data "
                              f"[N, {', '.join(map(str, want))}]; check --image-shape (or export the model with "
                              "tools/export_onnx.py)")
         if len(out.shape) == 2 and isinstance(out.shape[1], int) and out.shape[1] != spec.num_classes:
-            raise UsageError(f"--onnx {spec.onnx}: it has {out.shape[1]} classes, --num-classes is "
+            raise UsageError(f"--model-file {spec.model_file}: it has {out.shape[1]} classes, --num-classes is "
                              f"{spec.num_classes}")
         self.input = inp.name
 

@@ -11,8 +11,15 @@ own session on such a file (``open_session``: how ``tools/export_onnx.py`` check
 
 * ``mxnet`` (``runtime_mxnet.py``): the checkpoint (or random weights) in a Module bound for inference, as
   ``--only-inference`` scores it, at ``--max-batchsize`` and every power of two below it.
-* ``onnxruntime`` (``runtime_onnxruntime.py``): an ``InferenceSession`` on ``--onnx`` (input ``data`` N,C,H,W
-  float32, first output the class probabilities), as ``tools/export_onnx.py`` writes it.
+* ``onnxruntime`` (``runtime_onnxruntime.py``): an ``InferenceSession`` on ``--model-file`` (input ``data`` N,C,H,W
+  float32, first output the class probabilities), as ``tools/export_onnx.py`` writes it, or its INT8 (QDQ) form
+  that ``tools/quantize.py`` writes.
+* ``openvino`` (``runtime_openvino.py``): OpenVINO's CPU plugin on the same ONNX file in float32 or bfloat16, or on
+  the INT8 IR that ``tools/quantize.py`` writes.
+
+Precision (``--dtype``): float32 everywhere; bfloat16 in mxnet and openvino on a CPU with AVX512_BF16 or AMX-BF16;
+float16 in mxnet on a GPU; int8 in all three on the files ``tools/quantize.py`` writes (``calibration.py``), each
+with a manifest that says so.
 
 ``ModelSpec`` is what a runtime is asked to run (the model flags, checked); ``inference_symbol`` is its network as
 MXNet builds it, which the mxnet runtime binds and the memory estimate of every runtime counts.
@@ -34,7 +41,8 @@ import numpy as np
 
 from common import UsageError
 
-RUNTIMES = {"mxnet": "runtime_mxnet", "onnxruntime": "runtime_onnxruntime"}  # --backend NAME -> its module
+RUNTIMES = {"mxnet": "runtime_mxnet", "onnxruntime": "runtime_onnxruntime", "openvino": "runtime_openvino"}  # --backend NAME -> its module
+FILE_RUNTIMES = ("onnxruntime", "openvino")  # the runtimes that run a model file (--model-file)
 FAIL_ENV = "RN50_LOADGEN_FAIL_AFTER"
 
 
@@ -46,7 +54,7 @@ class ModelSpec:
     device: str  # "cpu" or "gpu"
     model_prefix: Path | None
     load_epoch: int | None
-    onnx: Path | None
+    model_file: Path | None  # onnxruntime, openvino: the model file they run
     num_classes: int
     image_shape: tuple
     input_layout: str
@@ -56,8 +64,8 @@ class ModelSpec:
         out = {"backend": self.backend, "dtype": self.dtype, "device": self.device,
                "num_layers": self.model.num_layers, "num_classes": self.num_classes,
                "image_shape": list(self.image_shape)}
-        if self.backend == "onnxruntime":
-            out["onnx"] = str(self.onnx)
+        if self.model_file is not None:
+            out["model_file"] = str(self.model_file)
         elif self.model_prefix is not None:
             out["checkpoint"] = f"{self.model_prefix}-{self.load_epoch:04d}"
         else:
@@ -100,10 +108,12 @@ class Runtime(Protocol):
 
 
 def inference_symbol(spec: ModelSpec):
-    """The network the mxnet runtime binds (float32 NCHW for onnxruntime: what tools/export_onnx.py exports)."""
+    """The network the mxnet runtime binds (float32 NCHW for the file runtimes: what tools/export_onnx.py exports;
+    float32 for int8, whose graph comes from the checkpoint: what the memory estimate counts, an upper bound)."""
     import resnet
 
-    return resnet.build(spec.model, num_classes=spec.num_classes, image_shape=spec.image_shape, dtype=spec.dtype,
+    dtype = "float32" if spec.dtype == "int8" else spec.dtype
+    return resnet.build(spec.model, num_classes=spec.num_classes, image_shape=spec.image_shape, dtype=dtype,
                         input_dtype="float32", input_layout=spec.input_layout, device_type=spec.device,
                         for_training=False)
 

@@ -54,9 +54,9 @@ import fit  # noqa: E402
 import memory  # noqa: E402
 import mlperf  # noqa: E402
 import resnet  # noqa: E402
-from common import (DataError, OutputError, Parser, StopFlag, Stopped, UsageError, available_cores,  # noqa: E402
-                    check_dtype, check_writable, config_from, cpu_model, enable_amx, num_gpus, run_main,
-                    setup_logging)
+from common import (INT8_SCORES_ONLY, DataError, OutputError, Parser, StopFlag, Stopped, UsageError,  # noqa: E402
+                    available_cores, check_dtype, check_writable, config_from, cpu_model, enable_amx, num_gpus,
+                    run_main, setup_logging)
 from datatypes import batch_descs  # noqa: E402
 from report import Report  # noqa: E402
 
@@ -158,6 +158,8 @@ def run(args, stop: StopFlag) -> int:
     contexts = resolve_contexts(rcfg.gpus, rcfg.cpu_devices)
     check_precision(rcfg.dtype, args.batch_size, contexts)
     mcfg, fcfg, dcfg = build_configs(args, rcfg, mlcfg.mlperf, contexts[0].device_type)
+    if rcfg.dtype == "int8" and not (fcfg.only_inference and fcfg.load_epoch is not None):
+        raise UsageError(INT8_SCORES_ONLY)
     recipe = check_mlperf(mlcfg, fcfg, dcfg, args) if mlcfg.mlperf else None
     check_inputs_and_outputs(args, rcfg, mlcfg, fcfg, dcfg)
     resume = find_checkpoint(fcfg)
@@ -295,10 +297,13 @@ def _train(fcfg, mcfg, dcfg, rcfg: RunConfig, contexts, report, stop, resume, ml
     seed_everything(fcfg.seed)
     device_type = contexts[0].device_type
     want_train = not fcfg.only_inference
-    sym = resnet.build(mcfg, num_classes=dcfg.num_classes, image_shape=dcfg.image_shape, dtype=rcfg.dtype,
+    built = "float32" if rcfg.dtype == "int8" else rcfg.dtype  # int8: the float32 graph bounds the memory
+    sym = resnet.build(mcfg, num_classes=dcfg.num_classes, image_shape=dcfg.image_shape, dtype=built,
                        input_dtype=dcfg.dtype, input_layout=dcfg.input_layout, label_smoothing=fcfg.label_smoothing,
                        device_type=device_type, for_training=want_train, loss_scale=fcfg.static_loss_scale)
-    check_memory(sym, dcfg, fcfg, rcfg.dtype, contexts)
+    check_memory(sym, dcfg, fcfg, built, contexts)
+    if rcfg.dtype == "int8":  # the INT8 checkpoint's own quantized graph
+        sym = checkpoint.int8_symbol(resume)
     for note in resnet.fusion_notes(mcfg, device_type):
         log.warning(note)
     batch = f"{fcfg.batch_size * job.num_workers} ({job.num_workers} workers x {fcfg.batch_size})" \

@@ -217,19 +217,19 @@ import sys
 
 import loadgen_plan, runtimes
 
-print(sorted({"mxnet", "onnxruntime", "mlperf_loadgen"} & set(sys.modules)))
-for call in (lambda: runtimes.open_runtime("openvino", None, None, 1, 1), lambda: runtimes.open_session("mxnet", "x")):
+print(sorted({"mxnet", "onnxruntime", "openvino", "mlperf_loadgen"} & set(sys.modules)))
+for call in (lambda: runtimes.open_runtime("tensorrt", None, None, 1, 1), lambda: runtimes.open_session("mxnet", "x")):
     try:
         call()
     except ValueError as err:
         print(err)
-print(sorted({"mxnet", "onnxruntime"} & set(sys.modules)), sorted(runtimes.RUNTIMES))
+print(sorted({"mxnet", "onnxruntime", "openvino"} & set(sys.modules)), sorted(runtimes.RUNTIMES))
 """
     res = run([PY, "-c", code])
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == ["[]", "no runtime 'openvino'; the runtimes are mxnet, onnxruntime",
+    assert res.stdout.splitlines() == ["[]", "no runtime 'tensorrt'; the runtimes are mxnet, onnxruntime, openvino",
                                        "the mxnet runtime runs checkpoints, not model files",
-                                       "[] ['mxnet', 'onnxruntime']"]
+                                       "[] ['mxnet', 'onnxruntime', 'openvino']"]
 
 
 def test_the_fail_hook_counts_the_test_batches_only(monkeypatch):
@@ -361,7 +361,7 @@ def test_batches_of_any_size_answer_each_sample_as_batch_1_does(trained, demo_ro
 def test_onnxruntime_backend_gives_the_same_top1(trained, demo_root, mxnet_accuracy, onnx_model, tmp_path):
     onnx = onnx_model
     out = tmp_path / "out"
-    res = loadgen(["--scenario", "Offline", "--accuracy", "--backend", "onnxruntime", "--onnx", onnx, "--output",
+    res = loadgen(["--scenario", "Offline", "--accuracy", "--backend", "onnxruntime", "--model-file", onnx, "--output",
                    out, *model_args(trained, demo_root)])
     assert res.returncode == 0, res.stderr
     s = summary(out)
@@ -429,7 +429,7 @@ def test_sigterm_ends_the_test_cleanly(trained, demo_root, tmp_path):
     (["--scenario", "Offline,Streaming"], "--scenario Offline,Streaming: unknown scenario Streaming; choose from"),
     (["--dtype", "float16"], "--dtype float16 needs a GPU"),
     (["--count", "361"], "--count 361: "),
-    (["--backend", "onnxruntime", "--onnx", "{empty}/none.onnx"], "none.onnx: file not found (export the checkpoint"),
+    (["--backend", "onnxruntime", "--model-file", "{empty}/none.onnx"], "none.onnx: file not found (export the checkpoint"),
 ])
 def test_bad_input_is_one_line_and_exit_2(trained, demo_root, tmp_path, args, message):
     if "float16" in args and has_gpu():
@@ -490,7 +490,7 @@ def test_the_plan_follows_loadgen_settings():
 @pytest.mark.parametrize("scenario,flags,head,fits", [
     ("Offline", ["--max-batchsize", "100000"], "--max-batchsize 100000: the Offline test needs about ",
      "the largest --max-batchsize that fits is about "),
-    ("Offline", ["--backend", "onnxruntime", "--onnx", "x.onnx", "--max-batchsize", "4096", "--threads", "8"],
+    ("Offline", ["--backend", "onnxruntime", "--model-file", "x.onnx", "--max-batchsize", "4096", "--threads", "8"],
      "--max-batchsize 4096 with --threads 8: ", "the largest --max-batchsize that fits with --threads 8 is about "),
     ("Offline", ["--qps", "1e8", "--time", "10"], "--qps 1e+08: ", "the largest --qps that fits is about "),
     ("Server", ["--qps", "1e8", "--time", "10"], "--qps 1e+08: ", "the largest --qps that fits is about "),
@@ -565,7 +565,7 @@ def test_the_expected_duration_and_its_warning(scenario, flags, batch, batch_s, 
 @pytest.mark.e2e
 @pytest.mark.parametrize("args,message", [
     (["--max-batchsize", "10000000"], "--max-batchsize 10000000: the Offline test needs about "),
-    (["--backend", "onnxruntime", "--onnx", "{onnx}", "--max-batchsize", "1000000", "--threads", "4"],
+    (["--backend", "onnxruntime", "--model-file", "{onnx}", "--max-batchsize", "1000000", "--threads", "4"],
      "--max-batchsize 1000000 with --threads 4: the Offline test needs about "),
     (["--qps", "1e10", "--time", "10"], "--qps 1e+10: the Offline test needs about "),
     (["--scenario", "Server", "--qps", "1e10", "--time", "10"], "--qps 1e+10: the Server test needs about "),

@@ -103,7 +103,7 @@ def test_both_loadgen_runtimes_answer_as_the_checkpoint_scores(trained, exported
                               resnet.ModelConfig(batchnorm_eps=1e-3))
     dcfg = DataConfig(image_shape=SHAPE, num_classes=10, batch_size=8)
     mxnet_rt = runtimes.open_runtime("mxnet", spec, dcfg, 8, 1)
-    onnx_rt = runtimes.open_runtime("onnxruntime", dataclasses.replace(spec, backend="onnxruntime", onnx=exported),
+    onnx_rt = runtimes.open_runtime("onnxruntime", dataclasses.replace(spec, backend="onnxruntime", model_file=exported),
                                     dcfg, 8, 2)
     assert (mxnet_rt.name, mxnet_rt.describe()["batch_sizes"], onnx_rt.name) == ("mxnet", [1, 2, 4, 8], "onnxruntime")
     mxnet_rt.warm_up(8)
@@ -111,7 +111,7 @@ def test_both_loadgen_runtimes_answer_as_the_checkpoint_scores(trained, exported
     _, logits = export_onnx.mxnet_outputs(export_onnx.load(trained, 1), images)
     assert mxnet_rt.predict(images).tolist() == onnx_rt.predict(images).tolist() == logits.argmax(1).tolist()
     with pytest.raises(UsageError, match=r"--onnx .*: it has 10 classes, --num-classes is 7"):
-        runtimes.open_runtime("onnxruntime", dataclasses.replace(spec, backend="onnxruntime", onnx=exported,
+        runtimes.open_runtime("onnxruntime", dataclasses.replace(spec, backend="onnxruntime", model_file=exported,
                                                                  num_classes=7), dcfg, 8, 1)
 
 

@@ -101,7 +101,7 @@ def loadgen(scenario: str, backend: str, data: Path, prefix: Path, onnx: Path, s
            "--load-epoch", "1", "--data-root", data, "--image-shape", SHAPE.format(size), "--output", out,
            "--count", count, *extra]
     if backend == "onnxruntime":
-        cmd += ["--onnx", onnx]
+        cmd += ["--model-file", onnx]
     _run(cmd, f"loadgen.py {scenario} {backend}")
     s = json.loads((out / "summary.json").read_text())
     if s["status"] != "completed":
