@@ -16,7 +16,7 @@ DEMO_TRAIN := -n 1 -b 64 -e 30 -l 0.2 --lr-schedule cosine --warmup-epochs 2 --b
 DEMO_ARGS ?=
 
 .PHONY: install install-gpu install-horovod demo demo-data mlperf-demo test test-fast bench bench-data bench-train bench-infer \
-        bench-optim bench-loadgen clean
+        bench-gluon bench-optim bench-loadgen clean
 
 install: $(STAMP)
 
@@ -69,8 +69,16 @@ bench-data: $(STAMP)
 bench-train: $(STAMP)
 	$(PY) tools/bench_train.py $(BENCH_TRAIN_ARGS)
 
-bench-infer: $(STAMP)
-	$(PY) tools/bench_infer.py $(BENCH_INFER_ARGS)
+# Every inference runtime x precision this CPU runs (MXNet, onnxruntime, OpenVINO; float32, bfloat16, INT8) in one
+# table, on the demo's checkpoint (trained first when there is none: `make demo`).
+BENCH_INFER_MODEL ?= $(RUNS)/model
+bench-infer: demo-data
+	test -e $(BENCH_INFER_MODEL)-symbol.json || $(MAKE) demo
+	$(PY) tools/bench_runtimes.py --model-prefix $(BENCH_INFER_MODEL) --data-root $(DEMO) $(BENCH_INFER_ARGS)
+
+# The toolkit's float32/bfloat16 scoring executor against the plain executor and a hybridized Gluon ResNet-50 v1.5.
+bench-gluon: $(STAMP)
+	$(PY) tools/bench_infer.py $(BENCH_GLUON_ARGS)
 
 bench-loadgen: $(STAMP)
 	$(PY) tools/bench_loadgen.py $(BENCH_LOADGEN_ARGS)
@@ -78,7 +86,7 @@ bench-loadgen: $(STAMP)
 bench-optim: $(STAMP)
 	$(PY) tools/bench_optim.py $(BENCH_OPTIM_ARGS)
 
-bench: bench-train bench-infer bench-data bench-optim bench-loadgen
+bench: bench-train bench-infer bench-gluon bench-data bench-optim bench-loadgen
 
 clean:
 	rm -rf $(DEMO) $(RUNS) $(MLPERF_OUT) .pytest_cache bench-out

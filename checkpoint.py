@@ -327,8 +327,8 @@ def load_for_inference(ckpt: Checkpoint, sym: mx.sym.Symbol, data_shape: tuple,
     params, aux params), each array passed through ``convert(name, array)`` first when given (an export's dtype and
     layout), then checked against the shapes ``sym`` infers for an input of ``data_shape`` (``check_shapes``: a
     one-line ``UsageError`` naming the flag that differs). A weight the graph declares in bfloat16 (the scoring
-    graph's, ``resnet.get_symbol``'s ``bf16_weights``) is cast to it. Training's resume and scoring (``fit.load_weights``),
-    LoadGen's mxnet runtime and the ONNX export load their weights through it."""
+    graph's, ``resnet.get_symbol``'s ``bf16_weights``) is cast to it. Training's resume and scoring
+    (``fit.load_weights``), LoadGen's mxnet runtime and the ONNX export load their weights through it."""
     arg, aux = load_params(ckpt)
     if convert is not None:
         arg = {k: convert(k, v) for k, v in arg.items()}

@@ -140,7 +140,7 @@ from typing import Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import (Children, DataError, Parser, StopFlag, Stopped, ToolkitError, UsageError,  # noqa: E402
-                    available_cores, check_dtype, check_image_shape, check_writable, finite_float, float_list,
+                    available_cores, check_image_shape, enable_amx, check_writable, finite_float, float_list,
                     int_list, path_arg, run_main, setup_logging, write_json)
 from loadgen_logs import LOADGEN_LOGS, RESPONSE_DTYPE, accuracy, detail_messages, parse_summary  # noqa: E402
 from loadgen_plan import (PERFORMANCE_SAMPLES, SCENARIOS, LoadGenConfig, TestPlan, check_fits,  # noqa: E402
@@ -853,6 +853,7 @@ def _without_dry_run(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    enable_amx()  # before MXNet or OpenVINO run anything: oneDNN's AMX kernels, as the toolkit's scoring has them
     with Children(PROG) as stop:  # from the first moment: a signal during set-up ends the run cleanly too
         try:
             return _main(argv, stop)

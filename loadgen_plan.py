@@ -22,7 +22,8 @@ every QSL sample once. Its host memory is estimated with the model ``train.py`` 
                  + input x --max-batchsize x (--threads - 1)     (the model runs one batch at a time; each bound
                  size holds oneDNN-fused weights of its own; each waiting worker holds its batch)
     onnxruntime  fixed + 100 MiB + 1.6 x per image x --max-batchsize x --threads     (the threads' batches run at once)
-    both         + 110 MiB (DALI's decoder, LoadGen) + C x H x W x 4 bytes per loaded sample
+    openvino     as onnxruntime (one stream per thread; measured below it)
+    all          + 110 MiB (DALI's decoder, LoadGen) + C x H x W x 4 bytes per loaded sample
                  + LoadGen's queries: 320 bytes a query, 48 a further sample of it, 272 a sample issued while the
                  SUT is busy (Offline's whole query; Server's arrivals when the SUT falls behind)
 
@@ -51,7 +52,7 @@ import numpy as np
 
 from common import UsageError
 from runtime_mxnet import batch_sizes
-from runtimes import ModelSpec, inference_symbol
+from runtimes import FILE_RUNTIMES, ModelSpec, inference_symbol
 
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 MLPERF_MODEL = "resnet50"  # the model name of LoadGen's mlperf.conf and of user.conf keys
@@ -318,7 +319,7 @@ class MemoryNeed:
 
     def batches(self, max_batch: int, threads: int) -> int:
         """The part that depends on ``--max-batchsize`` and ``--threads``."""
-        if self.backend == "onnxruntime":  # the threads run their batches at once, each with its own activations
+        if self.backend in FILE_RUNTIMES:  # the threads run their batches at once, each with its own activations
             return math.ceil(threads * max_batch * self.per_image)
         largest = scenario_batch(self.scenario, max_batch, self.samples_per_query)
         return math.ceil(max_batch * self.per_image + len(bound_sizes(max_batch, largest)) * self.per_size
@@ -339,10 +340,10 @@ def memory_need(spec: ModelSpec, cfg: LoadGenConfig, scenario: str, samples_per_
         memory.check_batch(sym, spec.image_shape, cfg.max_batchsize, dtype=spec.dtype, training=False,
                            device_type="gpu", input_layout=spec.input_layout, flag="--max-batchsize")
         return MemoryNeed(fixed=memory.RUNTIME_BYTES + HARNESS_BYTES, per_image=2 * image, per_size=0, **common)
-    counts = memory.graph_counts(sym, spec.image_shape, dtype=spec.dtype, training=False,
-                                 input_layout=spec.input_layout)
+    counts = memory.graph_counts(sym, spec.image_shape, dtype="float32" if spec.dtype == "int8" else spec.dtype,
+                                 training=False, input_layout=spec.input_layout)
     est = memory.combine(counts, training=False)
-    if spec.backend == "onnxruntime":
+    if spec.backend in FILE_RUNTIMES:  # OpenVINO measured alike (its plugin beside the weights, streams at once)
         return MemoryNeed(fixed=est.fixed_bytes + HARNESS_BYTES + ORT_SESSION_BYTES,
                           per_image=ORT_ACTIVATIONS * est.per_image_bytes, per_size=0, **common)
     return MemoryNeed(fixed=est.fixed_bytes + HARNESS_BYTES, per_image=est.per_image_bytes + MXNET_INPUTS * image,

@@ -3,12 +3,13 @@
 # MLPerf's compliance checker, and the olympic score. The recipe suits the 32 px digits of `make demo-data` (open
 # division: not ImageNet): ResNet-50 v1.5, batch 32, LARS (eta 0.001, momentum 0.9, weight decay 1e-4) with LR 4.0
 # for the global batch, 1 warmup epoch, polynomial decay (power 2) to 1e-4 over 5 epochs, random-resized crops from
-# half the area or more, no flips, evaluation after every epoch, target 95% val top-1; bfloat16 on CPUs with
-# AVX512_BF16 or AMX-BF16 (measured faster there, 0.45-0.51 against 0.58-0.75 minutes per run), float32 elsewhere.
+# half the area or more, no flips, evaluation after every epoch, target 95% val top-1; in the precision that trains
+# this recipe faster on the machine (tools/pick_dtype.py: measured once, kept in <output>/dtype.json; float32 where the
+# CPU has no bfloat16).
 # Usage: examples/MLPERF_CPU.sh [toolkit dir] [more runner flags ...]
 #   RESULTS  where result_0..4.txt go (default runs/mlperf-cpu/results/1xCPU/resnet, MLPerf's package layout)
 #   DATA_ROOT the RecordIO folder (default data/demo); RUNS the number of runs (default 5)
-#   DTYPE    float32 or bfloat16 (default: bfloat16 where the CPU has it, float32 elsewhere)
+#   DTYPE    float32 or bfloat16 (default: the faster here, tools/pick_dtype.py)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ $# -gt 0 && -d "$1" && -x "$1/runner" ]]; then root="$1"; shift; fi
@@ -17,8 +18,7 @@ out="$(dirname "$(dirname "$(dirname "$results")")")"
 py="$root/.venv/bin/python"; [[ -x "$py" ]] || py=python3
 dtype="${DTYPE:-}"
 if [[ -z "$dtype" ]]; then
-    dtype=float32
-    if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then dtype=bfloat16; fi
+    dtype="$("$py" "$root/tools/pick_dtype.py" -b 32 --image-shape 3,32,32 --num-classes 10 --cache "$out/dtype.json")"
 fi
 exec "$py" "$root/tools/mlperf_score.py" "$results" --runs "${RUNS:-5}" --overwrite --log-dir "$out/logs" \
     --json "$out/score.json" -- \

@@ -245,7 +245,8 @@ def test_a_signal_to_a_bench_tool_ends_the_runner_it_started(tmp_path):
     assert processes_with(f"--benchmark-iters\0{marker}") == [] and not (tmp_path / "t.json").exists()
 
 
-@pytest.mark.parametrize("tool", ["bench_data", "bench_infer", "bench_train", "bench_optim", "bench_loadgen"])
+@pytest.mark.parametrize("tool", ["bench_data", "bench_infer", "bench_train", "bench_optim", "bench_loadgen",
+                                  "bench_runtimes"])
 def test_bench_tools_name_their_rounds_alike(tool):
     """Every bench tool takes --rounds (default 3); --repeats, its old name in three of them, still works, unlisted.
     Each round runs the candidates in an order rotated from the round before."""

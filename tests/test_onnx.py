@@ -110,7 +110,7 @@ def test_both_loadgen_runtimes_answer_as_the_checkpoint_scores(trained, exported
     onnx_rt.warm_up(8)
     _, logits = export_onnx.mxnet_outputs(export_onnx.load(trained, 1), images)
     assert mxnet_rt.predict(images).tolist() == onnx_rt.predict(images).tolist() == logits.argmax(1).tolist()
-    with pytest.raises(UsageError, match=r"--onnx .*: it has 10 classes, --num-classes is 7"):
+    with pytest.raises(UsageError, match=r"--model-file .*: it has 10 classes, --num-classes is 7"):
         runtimes.open_runtime("onnxruntime", dataclasses.replace(spec, backend="onnxruntime", model_file=exported,
                                                                  num_classes=7), dcfg, 8, 1)
 

@@ -117,6 +117,39 @@ def test_bf16_symbol_keeps_fp32_parameters_statistics_and_loss():
     assert t["fc_fp32_output"] == np.float32
 
 
+def _bf16_outputs(sym, arg, aux, x):
+    import checkpoint
+
+    mod = mx.mod.Module(sym, context=mx.cpu(), data_names=["data"], label_names=["softmax_label"])
+    mod.bind(data_shapes=[("data", x.shape)], label_shapes=[("softmax_label", (len(x),))], for_training=False)
+    mod.init_params(None, arg_params=checkpoint.to_declared_dtypes(sym, arg), aux_params=aux, allow_missing=False)
+    mod.forward(mx.io.DataBatch([mx.nd.array(x)], None), is_train=False)
+    return mod.get_outputs()[0].asnumpy()
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has neither AVX512_BF16 nor AMX-BF16")
+def test_bf16_scoring_binds_bf16_weights_with_the_same_outputs():
+    """The scoring graph declares its convolution and classifier weights bfloat16 (cast once at load, not every
+    forward inside the graph, which made oneDNN refold and reorder every weight per batch): no weight cast remains,
+    and the probabilities are bit-identical to those of the graph that casts in the graph, on real weights."""
+    parser = __import__("argparse").ArgumentParser()
+    resnet.add_model_args(parser)
+    m = config_from(resnet.ModelConfig, parser.parse_args(["--num-layers", "18"]))
+    kw = dict(num_classes=10, image_shape=(3, 32, 32), dtype="bfloat16", input_dtype="float32", input_layout="NCHW")
+    scoring = resnet.build(m, for_training=False, **kw)
+    casting = resnet.get_symbol(num_layers=18, **{k: v for k, v in kw.items()})
+    assert len(ops(scoring, "amp_cast")) == 2 and len(ops(casting, "amp_cast")) == 1 + 20 + 2 + 1  # data, logits
+    rng = np.random.default_rng(0)
+    arg_shapes, _, aux_shapes = casting.infer_shape(data=(4, 3, 32, 32))
+    arg = {n: mx.nd.array(rng.normal(0, 0.1, s)) for n, s in zip(casting.list_arguments(), arg_shapes)
+           if n not in ("data", "softmax_label")}
+    aux = {n: mx.nd.array(rng.uniform(0.5, 1.5, s)) for n, s in zip(casting.list_auxiliary_states(), aux_shapes)}
+    x = rng.normal(0, 1, (4, 3, 32, 32)).astype(np.float32)
+    want = _bf16_outputs(casting, arg, aux, x)
+    got = _bf16_outputs(scoring, arg, aux, x)
+    assert np.array_equal(got, want) and not np.allclose(want, want[:1])
+
+
 @pytest.mark.e2e
 def test_bf16_usage_errors(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"

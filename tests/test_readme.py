@@ -43,9 +43,9 @@ def all_parser_flags() -> set[str]:
     import train
     import benchmark
     import loadgen
-    from tools import (bench_data, bench_dist, bench_infer, bench_loadgen, bench_memory, bench_optim, bench_train,
-                       check_rec, export_onnx, make_demo_data, mlperf_score, plot_report, prepare_dataset,
-                       scaling_model)
+    from tools import (bench_data, bench_dist, bench_infer, bench_loadgen, bench_memory, bench_optim,
+                       bench_runtimes, bench_train, check_rec, export_onnx, make_demo_data, mlperf_score, pick_dtype,
+                       plot_report, prepare_dataset, quantize, scaling_model)
 
     flags = set()
     for parser in (data.build_parser(), prepare_dataset.build_parser(), make_demo_data.build_parser(),
@@ -53,7 +53,8 @@ def all_parser_flags() -> set[str]:
                    benchmark.build_parser(), bench_infer.build_parser(), check_rec.build_parser(),
                    bench_memory.build_parser(), train.build_parser(), runner_parser(), mlperf_score.build_parser(),
                    bench_optim.build_parser(), scaling_model.build_parser(), bench_dist.build_parser(),
-                   loadgen.build_parser(), export_onnx.build_parser(), bench_loadgen.build_parser()):
+                   loadgen.build_parser(), export_onnx.build_parser(), bench_loadgen.build_parser(),
+                   bench_runtimes.build_parser(), quantize.build_parser(), pick_dtype.build_parser()):
         for action in parser._actions:
             flags.update(s for s in action.option_strings if s.startswith("--"))
     return flags
@@ -157,23 +158,76 @@ def _make_bench_data(cmd, ctx):
 
 
 def _make_bench(cmd, ctx):
-    """`make bench` is the five benchmarks in a row; each runs for real under its own README command, so here
-    make's dry run shows the five tools called with the arguments given."""
-    res = run(shlex.split(cmd) + ["-n", "BENCH_TRAIN_ARGS=--repeats 1", "BENCH_INFER_ARGS=-b 1",
-                                  "BENCH_DATA_ARGS=--images 8", "BENCH_OPTIM_ARGS=--rounds 1",
-                                  "BENCH_LOADGEN_ARGS=--rounds 1"], check=True)
+    """`make bench` is the six benchmarks in a row; each runs for real under its own README command, so here
+    make's dry run shows the six tools called with the arguments given."""
+    res = run(shlex.split(cmd) + ["-n", "BENCH_TRAIN_ARGS=--repeats 1", "BENCH_INFER_ARGS=--rounds 1",
+                                  "BENCH_GLUON_ARGS=-b 1", "BENCH_DATA_ARGS=--images 8", "BENCH_OPTIM_ARGS=--rounds 1",
+                                  "BENCH_LOADGEN_ARGS=--rounds 1", f"DEMO={ctx['demo_root']}"], check=True)
     calls = [ln for ln in res.stdout.splitlines() if "tools/bench_" in ln]
-    assert [c.split("tools/")[1] for c in calls] == ["bench_train.py --repeats 1", "bench_infer.py -b 1",
-                                                     "bench_data.py --images 8", "bench_optim.py --rounds 1",
-                                                     "bench_loadgen.py --rounds 1"], res.stdout
+    assert [c.split("tools/")[1].split()[0] for c in calls] == ["bench_train.py", "bench_runtimes.py",
+                                                                "bench_infer.py", "bench_data.py", "bench_optim.py",
+                                                                "bench_loadgen.py"], res.stdout
+    assert calls[1].endswith("--rounds 1") and calls[2].endswith("bench_infer.py -b 1"), calls
 
 
 def _make_bench_infer(cmd, ctx):
+    """The table on the README's training run: two rows (MXNet and OpenVINO INT8) at 32 px, one short round."""
+    out = ctx["tmp"] / "runtimes.json"
+    args = (f"--load-epoch 3 --image-size 32 --rows mxnet:int8,openvino:int8 --rounds 1 --seconds 0.5 --time 0.5 "
+            f"--calib-images 8 -o {out}")
+    res = run(shlex.split(cmd) + [f"BENCH_INFER_MODEL={_quick_runs(['runs/quick/model'])[0]}",
+                                  f"DEMO={ctx['demo_root']}", f"BENCH_INFER_ARGS={args}"], check=True, timeout=900)
+    assert "| mxnet | int8 |" in res.stdout and "| openvino | int8 |" in res.stdout and "fastest: " in res.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"mxnet:int8", "openvino:int8"}
+    for row in rows.values():  # LoadGen's AccuracyOnly top-1 is what scoring gave on the same images
+        assert row["top1_loadgen"] == pytest.approx(row["top1_scoring"], abs=1e-3), row
+
+
+def _make_bench_gluon(cmd, ctx):
     out = ctx["tmp"] / "infer.json"
-    res = run(shlex.split(cmd) + [f"BENCH_INFER_ARGS=--repeats 1 -i 3 --image-size 32 -b 2 -o {out}"], check=True)
+    res = run(shlex.split(cmd) + [f"BENCH_GLUON_ARGS=--repeats 1 -i 3 --image-size 32 -b 2 -o {out}"], check=True)
     assert "| 2 | runner, MXNET_SUBGRAPH_BACKEND=NONE |" in res.stdout
     assert "| 2 | Gluon, the same with the runner's malloc settings |" in res.stdout
     assert set(json.loads(out.read_text())["median"]) == {"2"}
+
+
+def _pick_dtype(cmd, ctx):
+    """Measured once: the second call answers from the cache (a CPU without bfloat16 answers float32 at once)."""
+    import common
+
+    cache = ctx["tmp"] / "dtype.json"
+    argv = shlex.split(cmd.replace("python", PY, 1).replace("runs/mlperf-demo/dtype.json", str(cache)))
+    first = run(argv + ["--iters", "3"], check=True, timeout=600)
+    second = run(argv, check=True)
+    assert first.stdout == second.stdout and first.stdout.strip() in ("float32", "bfloat16")
+    if common.cpu_bf16_flags():
+        entry = next(iter(json.loads(cache.read_text()).values()))
+        ips = entry["img_per_s"]
+        assert entry["dtype"] == first.stdout.strip() == max(ips, key=ips.get)
+        assert "measured now" in first.stderr and "measured before" in second.stderr
+    else:
+        assert "neither AVX512_BF16 nor AMX-BF16" in first.stderr and not cache.exists()
+
+
+def _quantize(cmd, ctx):
+    """The README's and docs' quantize commands on the README's training run. Its model (a few iterations) may lose
+    more than 1% of its (low) top-1 in INT8: then the refusal is checked (one line, exit 1, nothing written) and the
+    command is run again with --accept-accuracy-loss, so that the commands after it have their model."""
+    argv = _quick_runs(shlex.split(cmd.replace("python", PY, 1).replace("data/demo", str(ctx["demo_root"]))))
+    runs = Path(RUNS["dir"])
+    before = sorted(p.name for p in runs.iterdir())
+    res = run(argv, timeout=600)
+    if res.returncode == 1:
+        assert res.stderr.strip().splitlines()[-1].startswith("quantize.py: error: INT8 top-1 "), res.stderr
+        assert sorted(p.name for p in runs.iterdir()) == before
+        res = run(argv + ["--accept-accuracy-loss"], timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("wrote ") and "INT8 top-1" in res.stdout
+    backend = argv[argv.index("--backend") + 1] if "--backend" in argv else "mxnet"
+    made = {"mxnet": "model-int8-0003.json", "onnxruntime": "model-0003-int8.onnx.json",
+            "openvino": "model-0003-int8.xml.json"}[backend]
+    assert json.loads((runs / made).read_text())["precision"] == "int8"
 
 
 def _make_bench_train(cmd, ctx):
@@ -307,7 +361,7 @@ def _loadgen(cmd, ctx):
     res = run(argv, check=True, timeout=600)
     s = json.loads((Path(argv[argv.index("--output") + 1]) / "summary.json").read_text())
     if "--accuracy" in argv:
-        assert s["accuracy"]["total"] == 360 and s["model"]["backend"] == "onnxruntime", s
+        assert s["accuracy"]["total"] == 360 and s["model"]["backend"] == argv[argv.index("--backend") + 1], s
         assert "Offline AccuracyOnly: top-1" in res.stderr
     else:
         assert s["status"] == "completed" and list(s["scenarios"]) == ["SingleStream", "MultiStream", "Server",
@@ -410,6 +464,9 @@ HANDLERS = {
     "make bench-data": _make_bench_data,
     "make bench": _make_bench,
     "make bench-infer": _make_bench_infer,
+    "make bench-gluon": _make_bench_gluon,
+    "python tools/quantize.py": _quantize,
+    "python tools/pick_dtype.py": _pick_dtype,
     "make bench-train": _make_bench_train,
     "make bench-optim": _make_bench_optim,
     "make bench-loadgen": _make_bench_loadgen,
