@@ -165,8 +165,8 @@ def sample_library(val_dcfg, rec: Path, flag: str):
 
     idx = rec.with_suffix(".idx")
     if not rec.is_file():
-        raise UsageError(f"{flag} {rec}: file not found (tools/prepare_dataset.py writes train.rec and val.rec; "
-                         "`make demo-data` the digits')")
+        raise UsageError(f"{flag} {rec}: file not found (tools/prepare_dataset.py writes train.rec and val.rec, "
+                         "`make demo-data` the digits' set)")
     if not idx.is_file():
         raise UsageError(f"{flag} {rec}: its index {idx.name} is missing (tools/prepare_dataset.py writes it beside "
                          "the .rec)")

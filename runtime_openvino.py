@@ -81,7 +81,7 @@ class OpenVinoRuntime:
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         return {"openvino": ov.get_version().split("-")[0], "streams": self.streams,
                 "threads": int(self.compiled.get_property("INFERENCE_NUM_THREADS")),
-                "precision_hint": str(hint)}
+                "precision_hint": hint.get_type_name() if isinstance(hint, ov.Type) else str(hint)}  # f32, bf16
 
     def _request(self):
         req = getattr(self._local, "request", None)

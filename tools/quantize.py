@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (Parser, UsageError, available_cores, check_writable, enable_amx, int_list,  # noqa: E402
+from common import (Parser, Stopped, UsageError, available_cores, check_writable, enable_amx, int_list,  # noqa: E402
                     output_error, path_arg, run_main, setup_logging, write_json)
 
 log = logging.getLogger("quantize")
@@ -132,6 +133,22 @@ def _score(backend: str, spec, dcfg, val, batch: int) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """SIGINT/SIGTERM stop the work where it is (the staged files are removed): one line, 128 + the signal."""
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _main(argv)
+    except Stopped as err:
+        print(f"quantize.py: stopped by {err}; nothing was written", file=sys.stderr)
+        return 128 + err.signum
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     os.environ.setdefault("OMP_NUM_THREADS", str(available_cores()))  # before MXNet loads: all cores, not half
@@ -149,7 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = copy.copy(args)
     ns.data_val, ns.rgb_mean, ns.rgb_std, ns.input_layout = val_rec, RGB_MEAN, RGB_STD, "NCHW"
     dcfg = loadgen.data_config(ns, args.batch_size)
+    for given, rec in ((args.data_val, val_rec), (args.data_train, train_rec)):
+        if given is None and not rec.is_file():
+            raise UsageError(f"--data-root {args.data_root} has no {rec.name} (tools/prepare_dataset.py writes "
+                             "train.rec and val.rec, `make demo-data` the digits' set)")
     val = calibration.sample_library(dcfg, val_rec, "--data-val")
+    train = calibration.sample_library(dcfg, train_rec, "--data-train")  # checked before any output is made
+    if args.calib_images > len(train):
+        raise UsageError(f"--calib-images {args.calib_images}: {train_rec} has only {len(train)} records")
     if args.count is not None:
         if args.count > len(val):
             raise UsageError(f"--count {args.count}: {val_rec} has only {len(val)} records")
