@@ -18,8 +18,9 @@ The pieces, as MLPerf's reference harness (``vision/classification_and_detection
   batch to fill: nothing is ever held back, so ``flush_queries`` has nothing to flush), run the model, and complete
   each sample with ``QuerySamplesComplete`` from the worker thread (LoadGen releases the GIL there).
 * Runtimes (``--backend``): ``mxnet``, the checkpoint in a Module bound for inference as ``--only-inference``
-  scores it, or ``onnxruntime``, an ``InferenceSession`` on ``--onnx``; one module each (``runtime_<name>.py``),
-  opened by name through ``runtimes.open_runtime`` (``runtimes.py`` has the interface and the runtimes' details).
+  scores it; ``onnxruntime``, an ``InferenceSession`` on ``--model-file``; ``openvino``, OpenVINO's CPU plugin on the
+  same file (or its INT8 IR); each in the precisions ``--dtype`` names (float32, bfloat16, int8: ``runtimes.py``).
+  One module each (``runtime_<name>.py``), opened by name through ``runtimes.open_runtime``.
 
 The answer to each sample (what ``mlperf_log_accuracy.json`` holds, hex-encoded) is the predicted class as one
 **float32** value (4 bytes), what the reference ``main.py`` writes and what MLPerf's ``tools/accuracy-imagenet.py``
@@ -77,8 +78,9 @@ replaced), and ``summary.json`` (written to a temporary file and renamed), parse
     ``plan``          what LoadGen generates (``queries``, ``samples_per_query``, ``samples``), the host memory
                       estimated (``memory_bytes``), the batch timed (``batch``, ``batch_s``, ``samples_per_second``) and
                       the test's duration expected from them (``expected_s``); see ``loadgen_plan.py``
-    ``model``, ``qsl``, ``cmd``   what ran: backend, dtype, device, checkpoint or ONNX file, batch sizes, threads
-                      (onnxruntime: its providers); the QSL's size and performance sample count; the command line
+    ``model``, ``qsl``, ``cmd``   what ran: backend, dtype, device, checkpoint or model file, batch sizes, threads
+                      (onnxruntime: its providers; openvino: streams, precision hint); the QSL's size and
+                      performance sample count; the command line
     ``files``, ``wall_s``   LoadGen's files in the folder; the test's wall time, seconds
 A comma list's ``--output/summary.json`` holds ``schema``, ``status`` and ``scenarios`` (each scenario's summary with
 its ``exit_status``); the list stops at the first scenario that fails, and a signal is passed on to the running one.
@@ -165,7 +167,8 @@ SUMMARY = "summary.json"
 
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description="MLPerf Inference LoadGen over the toolkit's scoring path: QSL over val.rec, "
-                                      "a batching SUT (mxnet or onnxruntime), the four scenarios, a JSON summary.")
+                                      "a batching SUT (mxnet, onnxruntime or openvino), the four scenarios, a JSON "
+                                      "summary.")
     _add_loadgen_args(p)
     _add_model_args(p)
     _add_data_args(p)
@@ -202,7 +205,8 @@ def _add_loadgen_args(p: Parser) -> None:
                    help="largest batch the SUT runs (refused, with the largest that fits, when it cannot fit in "
                         "memory)")
     g.add_argument("--threads", type=int, default=1,
-                   help="SUT worker threads (onnxruntime runs their batches at once: memory x --threads)")
+                   help="SUT worker threads (onnxruntime and openvino run their batches at once: memory x "
+                        "--threads; openvino one stream each)")
     g.add_argument("--user-conf", type=path_arg, default=None,
                    help="LoadGen user.conf: LoadGen's mlperf.conf and then this file override the flags "
                         "(settings.FromConfig(path, 'resnet50', scenario))")

@@ -93,9 +93,13 @@ class MXNetRuntime:
                 break
 
     def _run(self, x: np.ndarray, size: int) -> np.ndarray:
-        mod = self._module(size)
-        mod.forward(self.mx.io.DataBatch([self.mx.nd.array(x, ctx=self.ctx)], None), is_train=False)
-        return mod.get_outputs()[0].asnumpy()
+        """The probabilities of ``x`` (``size`` samples): copied once, straight into the executor's bound input,
+        and run (``Module.forward`` would copy it twice more: into a new NDArray, then into the bound one; at 224 px
+        those copies cost 6% of an INT8 batch)."""
+        executor = self._module(size)._exec_group.execs[0]  # MXNet 1.9.1's Module: one executor per context
+        executor.arg_dict["data"][:] = x
+        executor.forward(is_train=False)
+        return executor.outputs[0].asnumpy()
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         n = len(x)

@@ -47,8 +47,8 @@ class OnnxRuntime:
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         want = [spec.image_shape[0], spec.image_shape[1], spec.image_shape[2]]
         if inp.name != "data" or list(inp.shape[1:]) != want:
-            raise UsageError(f"--model-file {spec.model_file}: its input is {inp.name} {inp.shape}, this run feeds data "
-                             f"[N, {', '.join(map(str, want))}]; check --image-shape (or export the model with "
+            raise UsageError(f"--model-file {spec.model_file}: its input is {inp.name} {inp.shape}, this run feeds "
+                             f"data [N, {', '.join(map(str, want))}]; check --image-shape (or export the model with "
                              "tools/export_onnx.py)")
         if len(out.shape) == 2 and isinstance(out.shape[1], int) and out.shape[1] != spec.num_classes:
             raise UsageError(f"--model-file {spec.model_file}: it has {out.shape[1]} classes, --num-classes is "

@@ -41,7 +41,8 @@ import numpy as np
 
 from common import UsageError
 
-RUNTIMES = {"mxnet": "runtime_mxnet", "onnxruntime": "runtime_onnxruntime", "openvino": "runtime_openvino"}  # --backend NAME -> its module
+# --backend NAME -> its module
+RUNTIMES = {"mxnet": "runtime_mxnet", "onnxruntime": "runtime_onnxruntime", "openvino": "runtime_openvino"}
 FILE_RUNTIMES = ("onnxruntime", "openvino")  # the runtimes that run a model file (--model-file)
 FAIL_ENV = "RN50_LOADGEN_FAIL_AFTER"
 

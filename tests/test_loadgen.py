@@ -429,7 +429,8 @@ def test_sigterm_ends_the_test_cleanly(trained, demo_root, tmp_path):
     (["--scenario", "Offline,Streaming"], "--scenario Offline,Streaming: unknown scenario Streaming; choose from"),
     (["--dtype", "float16"], "--dtype float16 needs a GPU"),
     (["--count", "361"], "--count 361: "),
-    (["--backend", "onnxruntime", "--model-file", "{empty}/none.onnx"], "none.onnx: file not found (export the checkpoint"),
+    (["--backend", "onnxruntime", "--model-file", "{empty}/none.onnx"],
+     "none.onnx: file not found (export the checkpoint"),
 ])
 def test_bad_input_is_one_line_and_exit_2(trained, demo_root, tmp_path, args, message):
     if "float16" in args and has_gpu():

@@ -103,7 +103,8 @@ def test_both_loadgen_runtimes_answer_as_the_checkpoint_scores(trained, exported
                               resnet.ModelConfig(batchnorm_eps=1e-3))
     dcfg = DataConfig(image_shape=SHAPE, num_classes=10, batch_size=8)
     mxnet_rt = runtimes.open_runtime("mxnet", spec, dcfg, 8, 1)
-    onnx_rt = runtimes.open_runtime("onnxruntime", dataclasses.replace(spec, backend="onnxruntime", model_file=exported),
+    onnx_rt = runtimes.open_runtime("onnxruntime",
+                                    dataclasses.replace(spec, backend="onnxruntime", model_file=exported),
                                     dcfg, 8, 2)
     assert (mxnet_rt.name, mxnet_rt.describe()["batch_sizes"], onnx_rt.name) == ("mxnet", [1, 2, 4, 8], "onnxruntime")
     mxnet_rt.warm_up(8)
