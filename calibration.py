@@ -27,9 +27,11 @@ model with such a manifest (``check_model_file``, ``checkpoint.check_precision``
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +233,17 @@ def quantize_mxnet(sym, arg: dict, aux: dict, calib: CalibrationSet, mode: str, 
                                  quantize_mode="smart", quantize_granularity="channel-wise", logger=qlog)
 
 
+@contextlib.contextmanager
+def _nncf_quiet():
+    """NNCF writes its log and progress bars to stdout (its handler is made at import): to stderr here, so that a
+    tool's stdout holds its result alone."""
+    with contextlib.redirect_stdout(sys.stderr):
+        import nncf
+
+        nncf.set_log_level(logging.WARNING)
+        yield nncf
+
+
 def _nncf_dataset(calib: CalibrationSet, as_dict: bool):
     import nncf
 
@@ -241,7 +254,6 @@ def _nncf_dataset(calib: CalibrationSet, as_dict: bool):
 def quantize_onnx(src: Path, calib: CalibrationSet, workdir: Path):
     """NNCF's static QDQ quantization of the ONNX model ``src`` after onnxruntime's basic optimizations: an ONNX
     ``ModelProto``."""
-    import nncf
     import onnx
     import onnxruntime as ort
 
@@ -251,12 +263,13 @@ def quantize_onnx(src: Path, calib: CalibrationSet, workdir: Path):
     opts.optimized_model_filepath = str(folded)
     opts.log_severity_level = 3
     ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
-    return nncf.quantize(onnx.load(str(folded)), _nncf_dataset(calib, True), subset_size=len(calib))
+    with _nncf_quiet() as nncf:
+        return nncf.quantize(onnx.load(str(folded)), _nncf_dataset(calib, True), subset_size=len(calib))
 
 
 def quantize_openvino(src: Path, calib: CalibrationSet):
     """NNCF's post-training INT8 quantization of the OpenVINO model read from ``src``: an ``openvino.Model``."""
-    import nncf
     import openvino as ov
 
-    return nncf.quantize(ov.Core().read_model(str(src)), _nncf_dataset(calib, False), subset_size=len(calib))
+    with _nncf_quiet() as nncf:
+        return nncf.quantize(ov.Core().read_model(str(src)), _nncf_dataset(calib, False), subset_size=len(calib))

@@ -365,7 +365,7 @@ def test_onnxruntime_backend_gives_the_same_top1(trained, demo_root, mxnet_accur
                    out, *model_args(trained, demo_root)])
     assert res.returncode == 0, res.stderr
     s = summary(out)
-    assert s["model"]["backend"] == "onnxruntime" and s["model"]["onnx"] == str(onnx)
+    assert s["model"]["backend"] == "onnxruntime" and s["model"]["model_file"] == str(onnx)
     assert s["accuracy"] == mxnet_accuracy[0]["accuracy"]
 
 
