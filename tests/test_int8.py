@@ -204,6 +204,28 @@ def test_the_same_seed_calibrates_every_runtime_on_the_same_records(quantized):
     assert records["mxnet-entropy"] != records["mxnet"]  # 128 of them: another draw
 
 
+def test_calib_seed_draws_the_calibration_records(demo_root, kept_env):
+    """--calib-seed picks which training records calibrate: the same seed the same records (in order, distinct,
+    within the set), another seed others; the images are those records through the validation preprocessing."""
+    import calibration
+    import loadgen
+    from tools import quantize
+
+    args = quantize.build_parser().parse_args(quantize_args(Path("m"), demo_root, "--calib-seed", "7"))
+    assert args.calib_seed == 7
+    ns = loadgen.build_parser().parse_args(["--data-root", str(demo_root), *MODEL[:4]])
+    dcfg = loadgen.data_config(ns, 8)
+    a = calibration.calibration_set(dcfg, demo_root / "train.rec", 8, 7)
+    b = calibration.calibration_set(dcfg, demo_root / "train.rec", 8, 7)
+    c = calibration.calibration_set(dcfg, demo_root / "train.rec", 8, 8)
+    assert a.records == b.records == sorted(set(a.records)) and a.records != c.records
+    assert all(0 <= r < TRAIN_RECORDS for r in a.records + c.records)
+    lib = calibration.sample_library(dcfg, demo_root / "train.rec", "--data-train")
+    lib.load(a.records)
+    assert (a.images == lib.batch(a.records)).all() and a.images.shape == (8, 3, 32, 32)
+    assert a.describe("naive")["seed"] == 7 and a.describe("naive")["records"] == a.records
+
+
 @pytest.mark.parametrize("name", ["mxnet", "mxnet-entropy"])
 def test_only_inference_int8_scores_the_manifest_top1(quantized, demo_root, tmp_path, name):
     paths, meta = quantized[name]
