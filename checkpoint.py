@@ -75,7 +75,7 @@ def paths(prefix: Path, epoch: int, partial: bool = False) -> dict:
             "states": Path(f"{stem}.states"), "manifest": Path(f"{stem}.json")}
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -84,7 +84,7 @@ def _sha256(path: Path) -> str:
 
 
 def _describe(path: Path) -> dict:
-    return {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
 def save(prefix: Path, epoch: int, partial: bool, *, symbol: mx.sym.Symbol, params: dict,
@@ -189,7 +189,7 @@ def problem(ckpt: Checkpoint, with_states: bool = True) -> tuple[str, str] | Non
         size = path.stat().st_size
         if size != want.get("bytes"):
             return "corrupt", f"{path} has {size} bytes, {p['manifest'].name} says {want.get('bytes')} (truncated?)"
-        if _sha256(path) != want.get("sha256"):
+        if sha256(path) != want.get("sha256"):
             return "corrupt", f"{path} does not match the SHA-256 in {p['manifest'].name} (changed or corrupted)"
     return None
 

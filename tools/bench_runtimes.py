@@ -17,7 +17,8 @@ marks a row below MLPerf's 99% rather than leaving it out. Then, each measuremen
 rounds with the rows in an order rotated from round to round (medians reported):
 
 * **raw**: the runtime's own API on one batch of ``--batch-size`` random images at ``--image-size``, outside the
-  toolkit, for ``--seconds`` after three batches of warm-up (all the batches over all their time): MXNet a ``Module`` forward (float32, bfloat16 and INT8 graphs as the toolkit binds them), onnxruntime
+  toolkit, for ``--seconds`` after three batches of warm-up (all the batches over all their time): MXNet a
+  ``Module`` forward (float32, bfloat16 and INT8 graphs as the toolkit binds them), onnxruntime
   ``InferenceSession.run``, OpenVINO its THROUGHPUT configuration (one stream per core, as many requests in flight,
   the batch split between them). For mxnet rows also ``./runner --only-inference`` (**scoring**: the toolkit's own
   scoring path on synthetic data);
@@ -35,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,26 +43,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (MALLOC_ENV, Parser, UsageError, add_rounds_arg, available_cores, cpu_bf16_flags,  # noqa: E402
-                    cpu_model, path_arg, rotated, run_child, run_tool, write_json)
+from common import (Parser, UsageError, add_rounds_arg, available_cores, cpu_bf16_flags, cpu_model,  # noqa: E402
+                    path_arg, rotated, run_tool, write_json)
+from tools.bench_loadgen import _run  # noqa: E402  (each step a child with its own environment; one line on failure)
 
 SHAPE = "3,{0},{0}"
 INT8_FLAGS = ("avx512_vnni", "amx_int8")
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    for k in (*MALLOC_ENV, "OMP_NUM_THREADS", "MXNET_SUBGRAPH_BACKEND"):  # each tool sets its own
-        env.pop(k, None)
-    return env
-
-
-def _run(cmd, what: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    res = run_child([str(c) for c in cmd], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if res.returncode != 0:
-        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"{what} failed (exit {res.returncode}): {' | '.join(tail)}")
-    return res
 
 
 def cpu_flags() -> set:

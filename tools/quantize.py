@@ -28,7 +28,6 @@ written).
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import os
 import shutil
@@ -115,14 +114,6 @@ def spec_for(args, dtype: str, model_file: Path | None = None, prefix: Path | No
     return loadgen.model_spec(ns, gpus=0)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _score(backend: str, spec, dcfg, val, batch: int) -> float:
     import calibration
     from runtimes import open_runtime
@@ -157,44 +148,13 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging()
     import calibration
     import checkpoint
-    import loadgen
-    from datatypes import RGB_MEAN, RGB_STD
 
     fp32 = spec_for(args, "float32", args.model_file)  # the flags checked before any file is read
-    val_rec = args.data_val or args.data_root / "val.rec"
-    train_rec = args.data_train or args.data_root / "train.rec"
-    ns = copy.copy(args)
-    ns.data_val, ns.rgb_mean, ns.rgb_std, ns.input_layout = val_rec, RGB_MEAN, RGB_STD, "NCHW"
-    dcfg = loadgen.data_config(ns, args.batch_size)
-    for given, rec in ((args.data_val, val_rec), (args.data_train, train_rec)):
-        if given is None and not rec.is_file():
-            raise UsageError(f"--data-root {args.data_root} has no {rec.name} (tools/prepare_dataset.py writes "
-                             "train.rec and val.rec, `make demo-data` the digits' set)")
-    val = calibration.sample_library(dcfg, val_rec, "--data-val")
-    train = calibration.sample_library(dcfg, train_rec, "--data-train")  # checked before any output is made
-    if args.calib_images > len(train):
-        raise UsageError(f"--calib-images {args.calib_images}: {train_rec} has only {len(train)} records")
-    if args.count is not None:
-        if args.count > len(val):
-            raise UsageError(f"--count {args.count}: {val_rec} has only {len(val)} records")
-        val.pairs, val.labels = val.pairs[:args.count], val.labels[:args.count]
+    dcfg, val, val_rec, train_rec = _data(args)
     model = {"num_layers": fp32.model.num_layers, "resnet_version": fp32.model.resnet_version,
              "num_classes": args.num_classes, "image_channels": fp32.image_shape[0], "dtype": "float32"}
     ckpt = checkpoint.for_scoring(args.model_prefix, args.load_epoch, model)
-    if args.backend == "mxnet":
-        output = args.output or calibration.int8_prefix(args.model_prefix)
-        source = {"checkpoint": ckpt.name, "params_sha256": sha256(ckpt.files["params"])}
-        final = checkpoint.paths(output, args.load_epoch)
-        check_writable(final["params"], "--output")
-    else:
-        calibration.check_model_file(fp32.model_file, args.backend, "float32")
-        output = args.output or calibration.default_model_file(args.model_prefix, args.load_epoch, args.backend,
-                                                                "int8")
-        if args.backend == "openvino" and output.suffix != ".xml":
-            raise UsageError(f"--output {output}: OpenVINO's IR is an .xml file (with its .bin beside it)")
-        source = {"checkpoint": ckpt.name, "model_file": str(fp32.model_file),
-                  "sha256": sha256(fp32.model_file)}
-        check_writable(output, "--output")
+    output, source = _output(args, ckpt, fp32)
     mode = args.calib_mode or "naive" if args.backend == "mxnet" else "nncf-minmax"
 
     t0 = time.perf_counter()
@@ -232,6 +192,51 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
+def _data(args):
+    """(the validation data config, the validation sample library cut to ``--count``, val.rec, train.rec), every
+    file checked before any output is made."""
+    import calibration
+    import loadgen
+    from datatypes import RGB_MEAN, RGB_STD
+
+    val_rec = args.data_val or args.data_root / "val.rec"
+    train_rec = args.data_train or args.data_root / "train.rec"
+    ns = copy.copy(args)
+    ns.data_val, ns.rgb_mean, ns.rgb_std, ns.input_layout = val_rec, RGB_MEAN, RGB_STD, "NCHW"
+    dcfg = loadgen.data_config(ns, args.batch_size)
+    for given, rec in ((args.data_val, val_rec), (args.data_train, train_rec)):
+        if given is None and not rec.is_file():
+            raise UsageError(f"--data-root {args.data_root} has no {rec.name} (tools/prepare_dataset.py writes "
+                             "train.rec and val.rec, `make demo-data` the digits' set)")
+    val = calibration.sample_library(dcfg, val_rec, "--data-val")
+    train = calibration.sample_library(dcfg, train_rec, "--data-train")
+    if args.calib_images > len(train):
+        raise UsageError(f"--calib-images {args.calib_images}: {train_rec} has only {len(train)} records")
+    if args.count is not None:
+        if args.count > len(val):
+            raise UsageError(f"--count {args.count}: {val_rec} has only {len(val)} records")
+        val.pairs, val.labels = val.pairs[:args.count], val.labels[:args.count]
+    return dcfg, val, val_rec, train_rec
+
+
+def _output(args, ckpt, fp32) -> tuple:
+    """(the INT8 model's prefix or file, the manifest's ``source``), the output checked writable."""
+    import calibration
+    import checkpoint
+
+    if args.backend == "mxnet":
+        output = args.output or calibration.int8_prefix(args.model_prefix)
+        check_writable(checkpoint.paths(output, args.load_epoch)["params"], "--output")
+        return output, {"checkpoint": ckpt.name, "params_sha256": checkpoint.sha256(ckpt.files["params"])}
+    calibration.check_model_file(fp32.model_file, args.backend, "float32")
+    output = args.output or calibration.default_model_file(args.model_prefix, args.load_epoch, args.backend, "int8")
+    if args.backend == "openvino" and output.suffix != ".xml":
+        raise UsageError(f"--output {output}: OpenVINO's IR is an .xml file (with its .bin beside it)")
+    check_writable(output, "--output")
+    return output, {"checkpoint": ckpt.name, "model_file": str(fp32.model_file),
+                    "sha256": checkpoint.sha256(fp32.model_file)}
+
+
 def _stage_mxnet(args, ckpt, fp32, calib, mode: str, prefix: Path, meta: dict, model: dict):
     """The INT8 checkpoint under ``prefix`` (in the work folder): (its files but the manifest, the manifest)."""
     import calibration
@@ -250,6 +255,7 @@ def _stage_mxnet(args, ckpt, fp32, calib, mode: str, prefix: Path, meta: dict, m
 def _stage_file(args, fp32, calib, work: Path, name: str, meta: dict):
     """The INT8 model file(s) of onnxruntime or openvino in the work folder: (the files, the manifest)."""
     import calibration
+    import checkpoint
 
     path = work / name
     if args.backend == "onnxruntime":
@@ -262,7 +268,7 @@ def _stage_file(args, fp32, calib, work: Path, name: str, meta: dict):
 
         ov.save_model(calibration.quantize_openvino(fp32.model_file, calib), str(path), compress_to_fp16=False)
         files = [path, path.with_suffix(".bin")]
-    meta = {**meta, "files": {f.suffix[1:]: {"name": f.name, "bytes": f.stat().st_size, "sha256": sha256(f)}
+    meta = {**meta, "files": {f.suffix[1:]: {"name": f.name, "bytes": f.stat().st_size, "sha256": checkpoint.sha256(f)}
                               for f in files}}
     manifest = calibration.manifest_path(path)
     write_json(manifest, meta)
